@@ -1,0 +1,60 @@
+# The two commands a newcomer needs: `make demo` (the main job) and `make test` (all tests,
+# lint and type checks). Both create or reuse .venv and install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+PKG_DIRS := common/dualpath_common operator/dualpath_operator agents/dualpath_agent traffic_controller/dualpath_controller sim/dualpath_sim cli/dualpath_cli
+NIXL := nixl-cu12==1.5.1 nixl==1.5.1
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint typecheck pytest kube-bin protos crds bench clean help
+
+help:
+	@echo "make demo   - run a local DualPath stack with real bytes (no cluster needed)"
+	@echo "make test   - lint, type-check and run unit + integration + e2e tests"
+	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make protos - regenerate gRPC stubs from proto/"
+	@echo "make crds   - regenerate CRD YAML from the pydantic models"
+
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	# NIXL without its declared deps: a plain install drags CUDA torch (several GB).
+	$(PY) -m pip install -q --no-deps $(NIXL)
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(VENV)/bin/dualpath demo $(DEMO_ARGS)
+
+kube-bin:
+	@bash hack/k8s-binaries.sh >/dev/null
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy $(PKG_DIRS)
+
+pytest: venv kube-bin
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+protos: venv
+	$(PY) -m dualpath_cli.codegen protos
+
+crds: venv
+	$(PY) -m dualpath_cli.codegen crds
+
+bench: venv
+	$(PY) -m pytest -m bench -p no:cacheprovider bench $(PYTEST_ARGS) -s
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

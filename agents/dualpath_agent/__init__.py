@@ -1,0 +1,1 @@
+"""DualPath node agent: KV block store, memory tiers and transfers between nodes."""

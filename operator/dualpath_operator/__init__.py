@@ -1,0 +1,1 @@
+"""DualPath operator: reconciles DualPathCluster custom resources into running children."""

@@ -1,0 +1,220 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EngineRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENGINE_ROLE_UNSPECIFIED: _ClassVar[EngineRole]
+    ENGINE_ROLE_PREFILL: _ClassVar[EngineRole]
+    ENGINE_ROLE_DECODE: _ClassVar[EngineRole]
+
+class ReadPath(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    READ_PATH_UNSPECIFIED: _ClassVar[ReadPath]
+    READ_PATH_PE_READ: _ClassVar[ReadPath]
+    READ_PATH_DE_READ: _ClassVar[ReadPath]
+    READ_PATH_SPLIT: _ClassVar[ReadPath]
+ENGINE_ROLE_UNSPECIFIED: EngineRole
+ENGINE_ROLE_PREFILL: EngineRole
+ENGINE_ROLE_DECODE: EngineRole
+READ_PATH_UNSPECIFIED: ReadPath
+READ_PATH_PE_READ: ReadPath
+READ_PATH_DE_READ: ReadPath
+READ_PATH_SPLIT: ReadPath
+
+class Engine(_message.Message):
+    __slots__ = ("engine_id", "role", "node", "group", "hbm_capacity_tokens", "agent_endpoint", "snic_read_bytes_per_s")
+    ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    HBM_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    SNIC_READ_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    engine_id: str
+    role: EngineRole
+    node: str
+    group: str
+    hbm_capacity_tokens: int
+    agent_endpoint: str
+    snic_read_bytes_per_s: float
+    def __init__(self, engine_id: _Optional[str] = ..., role: _Optional[_Union[EngineRole, str]] = ..., node: _Optional[str] = ..., group: _Optional[str] = ..., hbm_capacity_tokens: _Optional[int] = ..., agent_endpoint: _Optional[str] = ..., snic_read_bytes_per_s: _Optional[float] = ...) -> None: ...
+
+class RegisterEngineRequest(_message.Message):
+    __slots__ = ("engine",)
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    engine: Engine
+    def __init__(self, engine: _Optional[_Union[Engine, _Mapping]] = ...) -> None: ...
+
+class RegisterEngineResponse(_message.Message):
+    __slots__ = ("report_interval_ms", "liveness_timeout_ms")
+    REPORT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    LIVENESS_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    report_interval_ms: int
+    liveness_timeout_ms: int
+    def __init__(self, report_interval_ms: _Optional[int] = ..., liveness_timeout_ms: _Optional[int] = ...) -> None: ...
+
+class DeregisterEngineRequest(_message.Message):
+    __slots__ = ("engine_id",)
+    ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    engine_id: str
+    def __init__(self, engine_id: _Optional[str] = ...) -> None: ...
+
+class DeregisterEngineResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LoadReport(_message.Message):
+    __slots__ = ("engine_id", "report_seq", "unfinished_requests", "unfinished_tokens", "read_queue_length", "read_queue_bytes", "free_hbm_tokens", "snic_inflight_bytes")
+    ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    REPORT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    READ_QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    READ_QUEUE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FREE_HBM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SNIC_INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    engine_id: str
+    report_seq: int
+    unfinished_requests: int
+    unfinished_tokens: int
+    read_queue_length: int
+    read_queue_bytes: int
+    free_hbm_tokens: int
+    snic_inflight_bytes: int
+    def __init__(self, engine_id: _Optional[str] = ..., report_seq: _Optional[int] = ..., unfinished_requests: _Optional[int] = ..., unfinished_tokens: _Optional[int] = ..., read_queue_length: _Optional[int] = ..., read_queue_bytes: _Optional[int] = ..., free_hbm_tokens: _Optional[int] = ..., snic_inflight_bytes: _Optional[int] = ...) -> None: ...
+
+class ReportLoadResponse(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
+
+class ScheduleRequest(_message.Message):
+    __slots__ = ("request_id", "total_tokens", "cached_tokens", "append_tokens", "expected_output_tokens", "kv_bytes_per_token", "session_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    APPEND_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    total_tokens: int
+    cached_tokens: int
+    append_tokens: int
+    expected_output_tokens: int
+    kv_bytes_per_token: int
+    session_id: str
+    def __init__(self, request_id: _Optional[str] = ..., total_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., append_tokens: _Optional[int] = ..., expected_output_tokens: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class EngineScore(_message.Message):
+    __slots__ = ("engine_id", "rule", "value")
+    ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    engine_id: str
+    rule: str
+    value: float
+    def __init__(self, engine_id: _Optional[str] = ..., rule: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("request_id", "prefill_engine_id", "decode_engine_id", "read_path", "de_read_fraction", "policy", "reason", "scores", "prefill_agent_endpoint", "decode_agent_endpoint", "prefill_node", "decode_node")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    DECODE_ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_PATH_FIELD_NUMBER: _ClassVar[int]
+    DE_READ_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_AGENT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    DECODE_AGENT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_NODE_FIELD_NUMBER: _ClassVar[int]
+    DECODE_NODE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prefill_engine_id: str
+    decode_engine_id: str
+    read_path: ReadPath
+    de_read_fraction: float
+    policy: str
+    reason: str
+    scores: _containers.RepeatedCompositeFieldContainer[EngineScore]
+    prefill_agent_endpoint: str
+    decode_agent_endpoint: str
+    prefill_node: str
+    decode_node: str
+    def __init__(self, request_id: _Optional[str] = ..., prefill_engine_id: _Optional[str] = ..., decode_engine_id: _Optional[str] = ..., read_path: _Optional[_Union[ReadPath, str]] = ..., de_read_fraction: _Optional[float] = ..., policy: _Optional[str] = ..., reason: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[EngineScore, _Mapping]]] = ..., prefill_agent_endpoint: _Optional[str] = ..., decode_agent_endpoint: _Optional[str] = ..., prefill_node: _Optional[str] = ..., decode_node: _Optional[str] = ...) -> None: ...
+
+class ScheduleResponse(_message.Message):
+    __slots__ = ("assignment", "replayed")
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    assignment: Assignment
+    replayed: bool
+    def __init__(self, assignment: _Optional[_Union[Assignment, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
+
+class CompleteRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class CompleteResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("request_id", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EngineStatus(_message.Message):
+    __slots__ = ("engine", "last_report", "drained", "report_age_s", "assigned_requests", "assigned_tokens")
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPORT_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    REPORT_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    engine: Engine
+    last_report: LoadReport
+    drained: bool
+    report_age_s: float
+    assigned_requests: int
+    assigned_tokens: int
+    def __init__(self, engine: _Optional[_Union[Engine, _Mapping]] = ..., last_report: _Optional[_Union[LoadReport, _Mapping]] = ..., drained: _Optional[bool] = ..., report_age_s: _Optional[float] = ..., assigned_requests: _Optional[int] = ..., assigned_tokens: _Optional[int] = ...) -> None: ...
+
+class ClusterStatus(_message.Message):
+    __slots__ = ("policy", "engines", "decisions_total", "in_flight_requests")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    ENGINES_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    engines: _containers.RepeatedCompositeFieldContainer[EngineStatus]
+    decisions_total: int
+    in_flight_requests: int
+    def __init__(self, policy: _Optional[str] = ..., engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ..., decisions_total: _Optional[int] = ..., in_flight_requests: _Optional[int] = ...) -> None: ...
+
+class WatchStatusRequest(_message.Message):
+    __slots__ = ("interval_ms",)
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    interval_ms: int
+    def __init__(self, interval_ms: _Optional[int] = ...) -> None: ...

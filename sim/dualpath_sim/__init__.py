@@ -1,0 +1,1 @@
+"""DualPath cluster simulator: discrete-event model driven by the real policy core."""

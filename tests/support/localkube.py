@@ -1,0 +1,223 @@
+"""A real Kubernetes control plane on this machine for integration tests.
+
+etcd + kube-apiserver + kube-controller-manager (binaries built by hack/k8s-binaries.sh),
+on free loopback ports, state in a temp dir, every process stopped by its pid. Recipe and
+pitfalls: ../shared/notes/local-cluster.md.
+
+Run by hand: `python -m tests.support.localkube` starts one and prints the kubeconfig
+path; Ctrl-C stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def k8s_bin_dir() -> Path:
+    """Build (or find cached) server binaries; the script prints the dir on its last line."""
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "k8s-binaries.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class LocalControlPlane:
+    workdir: Path
+    bin_dir: Path
+    api_port: int = 0
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    with_controller_manager: bool = True
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (owned by the process)
+        self.procs[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def start(self, timeout: float = 90.0) -> LocalControlPlane:
+        wd = self.workdir
+        (wd / "certs").mkdir(parents=True, exist_ok=True)
+        sa_key = wd / "sa.key"
+        subprocess.run(
+            ["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True
+        )
+        subprocess.run(
+            ["openssl", "rsa", "-in", str(sa_key), "-pubout", "-out", str(wd / "sa.pub")],
+            check=True,
+            capture_output=True,
+        )
+        (wd / "tokens.csv").write_text(f'{self.token},admin,admin,"system:masters"\n')
+        etcd_port, peer_port = free_port(), free_port()
+        self.api_port = self.api_port or free_port()
+        etcd = shutil.which("etcd") or "/usr/bin/etcd"
+        self._spawn(
+            "etcd",
+            [
+                etcd,
+                "--name=dp",
+                f"--data-dir={wd / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-cluster=dp=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync",  # test data: durability is not what we test here
+            ],
+        )
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.bin_dir / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.api_port}",
+                "--insecure-port=0",
+                f"--cert-dir={wd / 'certs'}",
+                f"--token-auth-file={wd / 'tokens.csv'}",
+                "--authorization-mode=RBAC",
+                f"--service-account-key-file={wd / 'sa.pub'}",
+                f"--service-account-signing-key-file={sa_key}",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--allow-privileged=true",
+                "--profiling=false",
+            ],
+        )
+        self.kubeconfig.write_text(
+            f"""apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: {self.server}
+    insecure-skip-tls-verify: true
+users:
+- name: admin
+  user:
+    token: {self.token}
+contexts:
+- name: local
+  context: {{cluster: local, user: admin}}
+current-context: local
+"""
+        )
+        self._wait_ready(timeout)
+        if self.with_controller_manager:
+            self._spawn(
+                "kube-controller-manager",
+                [
+                    str(self.bin_dir / "kube-controller-manager"),
+                    f"--kubeconfig={self.kubeconfig}",
+                    "--leader-elect=false",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={free_port()}",
+                    "--port=0",
+                    f"--service-account-private-key-file={sa_key}",
+                    f"--root-ca-file={wd / 'certs' / 'apiserver.crt'}",
+                    "--use-service-account-credentials=false",
+                    "--concurrent-gc-syncs=5",
+                ],
+            )
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {p.returncode}:\n{self.log_tail(name)}")
+            req = urllib.request.Request(
+                f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.token}"}
+            )
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except Exception as exc:
+                last = str(exc)
+            time.sleep(0.3)
+        raise TimeoutError(f"kube-apiserver not ready in {timeout}s ({last})")
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.workdir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        # Reverse start order: controllers first, etcd last.
+        for _name, p in reversed(list(self.procs.items())):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for _name, p in reversed(list(self.procs.items())):
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+
+
+@contextlib.contextmanager
+def local_control_plane(workdir: Path | None = None):  # type: ignore[no-untyped-def]
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.mkdtemp(prefix="dualpath-kube-")
+        workdir = Path(tmp)
+    cp = LocalControlPlane(workdir=workdir, bin_dir=k8s_bin_dir())
+    try:
+        cp.start()
+        yield cp
+    finally:
+        cp.stop()
+        if tmp and not os.environ.get("DUALPATH_KEEP_KUBE_DIR"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    with local_control_plane() as cp:
+        print(f"export KUBECONFIG={cp.kubeconfig}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            sys.exit(0)

@@ -1,0 +1,1 @@
+"""DualPath traffic controller: assigns (prefill engine, decode engine, read path) per request."""
