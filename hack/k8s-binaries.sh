@@ -13,6 +13,11 @@ CACHE=${DUALPATH_K8S_CACHE:-$HOME/.cache/dualpath/k8s}
 WHAT=${DUALPATH_K8S_WHAT:-"kube-apiserver kube-controller-manager"}
 log() { printf '[k8s-binaries] %s\n' "$*" >&2; }
 
+mkdir -p "$CACHE"
+# One build at a time per cache: parallel test runs wait for the first one's binaries.
+exec 9>"$CACHE/.lock"
+flock 9
+
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 ensure_debs() {
