@@ -118,6 +118,8 @@ class LocalControlPlane:
                 "--profiling=false",
             ],
         )
+        self._wait_ready(timeout)
+        # The API server writes its self-signed serving cert at start; trust exactly it.
         self.kubeconfig.write_text(
             f"""apiVersion: v1
 kind: Config
@@ -125,7 +127,7 @@ clusters:
 - name: local
   cluster:
     server: {self.server}
-    insecure-skip-tls-verify: true
+    certificate-authority: {self.workdir / "certs" / "apiserver.crt"}
 users:
 - name: admin
   user:
@@ -136,7 +138,6 @@ contexts:
 current-context: local
 """
         )
-        self._wait_ready(timeout)
         if self.with_controller_manager:
             self._spawn(
                 "kube-controller-manager",
