@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dualpath/v1/traffic_controller.proto\x12\x0b\x64ualpath.v1\"\xb3\x01\n\x06\x45ngine\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12%\n\x04role\x18\x02 \x01(\x0e\x32\x17.dualpath.v1.EngineRole\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05group\x18\x04 \x01(\t\x12\x1b\n\x13hbm_capacity_tokens\x18\x05 \x01(\x04\x12\x16\n\x0e\x61gent_endpoint\x18\x06 \x01(\t\x12\x1d\n\x15snic_read_bytes_per_s\x18\x07 \x01(\x01\"<\n\x15RegisterEngineRequest\x12#\n\x06\x65ngine\x18\x01 \x01(\x0b\x32\x13.dualpath.v1.Engine\"Q\n\x16RegisterEngineResponse\x12\x1a\n\x12report_interval_ms\x18\x01 \x01(\r\x12\x1b\n\x13liveness_timeout_ms\x18\x02 \x01(\r\",\n\x17\x44\x65registerEngineRequest\x12\x11\n\tengine_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65registerEngineResponse\"\xd6\x01\n\nLoadReport\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x12\n\nreport_seq\x18\x02 \x01(\x04\x12\x1b\n\x13unfinished_requests\x18\x03 \x01(\r\x12\x19\n\x11unfinished_tokens\x18\x04 \x01(\x04\x12\x19\n\x11read_queue_length\x18\x05 \x01(\r\x12\x18\n\x10read_queue_bytes\x18\x06 \x01(\x04\x12\x17\n\x0f\x66ree_hbm_tokens\x18\x07 \x01(\x04\x12\x1b\n\x13snic_inflight_bytes\x18\x08 \x01(\x04\"&\n\x12ReportLoadResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"\xb9\x01\n\x0fScheduleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\x04\x12\x15\n\rcached_tokens\x18\x03 \x01(\x04\x12\x15\n\rappend_tokens\x18\x04 \x01(\x04\x12\x1e\n\x16\x65xpected_output_tokens\x18\x05 \x01(\x04\x12\x1a\n\x12kv_bytes_per_token\x18\x06 \x01(\x04\x12\x12\n\nsession_id\x18\x07 \x01(\t\"=\n\x0b\x45ngineScore\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\"\xcd\x02\n\nAssignment\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x11prefill_engine_id\x18\x02 \x01(\t\x12\x18\n\x10\x64\x65\x63ode_engine_id\x18\x03 \x01(\t\x12(\n\tread_path\x18\x04 \x01(\x0e\x32\x15.dualpath.v1.ReadPath\x12\x18\n\x10\x64\x65_read_fraction\x18\x05 \x01(\x01\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12(\n\x06scores\x18\x08 \x03(\x0b\x32\x18.dualpath.v1.EngineScore\x12\x1e\n\x16prefill_agent_endpoint\x18\t \x01(\t\x12\x1d\n\x15\x64\x65\x63ode_agent_endpoint\x18\n \x01(\t\x12\x14\n\x0cprefill_node\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65\x63ode_node\x18\x0c \x01(\t\"Q\n\x10ScheduleResponse\x12+\n\nassignment\x18\x01 \x01(\x0b\x32\x17.dualpath.v1.Assignment\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"%\n\x0f\x43ompleteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x12\n\x10\x43ompleteResponse\"3\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x10\n\x0e\x43\x61ncelResponse\"\x0f\n\rStatusRequest\"\xbc\x01\n\x0c\x45ngineStatus\x12#\n\x06\x65ngine\x18\x01 \x01(\x0b\x32\x13.dualpath.v1.Engine\x12,\n\x0blast_report\x18\x02 \x01(\x0b\x32\x17.dualpath.v1.LoadReport\x12\x0f\n\x07\x64rained\x18\x03 \x01(\x08\x12\x14\n\x0creport_age_s\x18\x04 \x01(\x01\x12\x19\n\x11\x61ssigned_requests\x18\x05 \x01(\r\x12\x17\n\x0f\x61ssigned_tokens\x18\x06 \x01(\x04\"\x80\x01\n\rClusterStatus\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12*\n\x07\x65ngines\x18\x02 \x03(\x0b\x32\x19.dualpath.v1.EngineStatus\x12\x17\n\x0f\x64\x65\x63isions_total\x18\x03 \x01(\x04\x12\x1a\n\x12in_flight_requests\x18\x04 \x01(\x04\")\n\x12WatchStatusRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r*Z\n\nEngineRole\x12\x1b\n\x17\x45NGINE_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45NGINE_ROLE_PREFILL\x10\x01\x12\x16\n\x12\x45NGINE_ROLE_DECODE\x10\x02*h\n\x08ReadPath\x12\x19\n\x15READ_PATH_UNSPECIFIED\x10\x00\x12\x15\n\x11READ_PATH_PE_READ\x10\x01\x12\x15\n\x11READ_PATH_DE_READ\x10\x02\x12\x13\n\x0fREAD_PATH_SPLIT\x10\x03\x32\xc9\x05\n\x11TrafficController\x12Y\n\x0eRegisterEngine\x12\".dualpath.v1.RegisterEngineRequest\x1a#.dualpath.v1.RegisterEngineResponse\x12_\n\x10\x44\x65registerEngine\x12$.dualpath.v1.DeregisterEngineRequest\x1a%.dualpath.v1.DeregisterEngineResponse\x12\x46\n\nReportLoad\x12\x17.dualpath.v1.LoadReport\x1a\x1f.dualpath.v1.ReportLoadResponse\x12H\n\nStreamLoad\x12\x17.dualpath.v1.LoadReport\x1a\x1f.dualpath.v1.ReportLoadResponse(\x01\x12G\n\x08Schedule\x12\x1c.dualpath.v1.ScheduleRequest\x1a\x1d.dualpath.v1.ScheduleResponse\x12G\n\x08\x43omplete\x12\x1c.dualpath.v1.CompleteRequest\x1a\x1d.dualpath.v1.CompleteResponse\x12\x41\n\x06\x43\x61ncel\x12\x1a.dualpath.v1.CancelRequest\x1a\x1b.dualpath.v1.CancelResponse\x12\x43\n\tGetStatus\x12\x1a.dualpath.v1.StatusRequest\x1a\x1a.dualpath.v1.ClusterStatus\x12L\n\x0bWatchStatus\x12\x1f.dualpath.v1.WatchStatusRequest\x1a\x1a.dualpath.v1.ClusterStatus0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dualpath/v1/traffic_controller.proto\x12\x0b\x64ualpath.v1\"\xb3\x01\n\x06\x45ngine\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12%\n\x04role\x18\x02 \x01(\x0e\x32\x17.dualpath.v1.EngineRole\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05group\x18\x04 \x01(\t\x12\x1b\n\x13hbm_capacity_tokens\x18\x05 \x01(\x04\x12\x16\n\x0e\x61gent_endpoint\x18\x06 \x01(\t\x12\x1d\n\x15snic_read_bytes_per_s\x18\x07 \x01(\x01\"<\n\x15RegisterEngineRequest\x12#\n\x06\x65ngine\x18\x01 \x01(\x0b\x32\x13.dualpath.v1.Engine\"Q\n\x16RegisterEngineResponse\x12\x1a\n\x12report_interval_ms\x18\x01 \x01(\r\x12\x1b\n\x13liveness_timeout_ms\x18\x02 \x01(\r\",\n\x17\x44\x65registerEngineRequest\x12\x11\n\tengine_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65registerEngineResponse\"\xf1\x01\n\nLoadReport\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x12\n\nreport_seq\x18\x02 \x01(\x04\x12\x1b\n\x13unfinished_requests\x18\x03 \x01(\r\x12\x19\n\x11unfinished_tokens\x18\x04 \x01(\x04\x12\x19\n\x11read_queue_length\x18\x05 \x01(\r\x12\x18\n\x10read_queue_bytes\x18\x06 \x01(\x04\x12\x17\n\x0f\x66ree_hbm_tokens\x18\x07 \x01(\x04\x12\x1b\n\x13snic_inflight_bytes\x18\x08 \x01(\x04\x12\x19\n\x11read_queue_tokens\x18\t \x01(\x04\"&\n\x12ReportLoadResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"\xb9\x01\n\x0fScheduleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\x04\x12\x15\n\rcached_tokens\x18\x03 \x01(\x04\x12\x15\n\rappend_tokens\x18\x04 \x01(\x04\x12\x1e\n\x16\x65xpected_output_tokens\x18\x05 \x01(\x04\x12\x1a\n\x12kv_bytes_per_token\x18\x06 \x01(\x04\x12\x12\n\nsession_id\x18\x07 \x01(\t\"=\n\x0b\x45ngineScore\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\"\xfb\x02\n\nAssignment\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x11prefill_engine_id\x18\x02 \x01(\t\x12\x18\n\x10\x64\x65\x63ode_engine_id\x18\x03 \x01(\t\x12(\n\tread_path\x18\x04 \x01(\x0e\x32\x15.dualpath.v1.ReadPath\x12\x18\n\x10\x64\x65_read_fraction\x18\x05 \x01(\x01\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12(\n\x06scores\x18\x08 \x03(\x0b\x32\x18.dualpath.v1.EngineScore\x12\x1e\n\x16prefill_agent_endpoint\x18\t \x01(\t\x12\x1d\n\x15\x64\x65\x63ode_agent_endpoint\x18\n \x01(\t\x12\x14\n\x0cprefill_node\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65\x63ode_node\x18\x0c \x01(\t\x12\x15\n\rpe_read_bytes\x18\r \x01(\x04\x12\x15\n\rde_read_bytes\x18\x0e \x01(\x04\"Q\n\x10ScheduleResponse\x12+\n\nassignment\x18\x01 \x01(\x0b\x32\x17.dualpath.v1.Assignment\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"%\n\x0f\x43ompleteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x12\n\x10\x43ompleteResponse\"3\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x10\n\x0e\x43\x61ncelResponse\"\x0f\n\rStatusRequest\"\xa3\x02\n\x0c\x45ngineStatus\x12#\n\x06\x65ngine\x18\x01 \x01(\x0b\x32\x13.dualpath.v1.Engine\x12,\n\x0blast_report\x18\x02 \x01(\x0b\x32\x17.dualpath.v1.LoadReport\x12\x0f\n\x07\x64rained\x18\x03 \x01(\x08\x12\x14\n\x0creport_age_s\x18\x04 \x01(\x01\x12\x19\n\x11\x61ssigned_requests\x18\x05 \x01(\r\x12\x17\n\x0f\x61ssigned_tokens\x18\x06 \x01(\x04\x12\x1b\n\x13unfinished_requests\x18\x07 \x01(\r\x12\x19\n\x11unfinished_tokens\x18\x08 \x01(\x04\x12\x17\n\x0f\x66ree_hbm_tokens\x18\t \x01(\x04\x12\x14\n\x0c\x64rain_reason\x18\n \x01(\t\"\xa6\x01\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x19\n\x11read_queue_length\x18\x02 \x01(\r\x12\x19\n\x11read_queue_tokens\x18\x03 \x01(\x04\x12\x18\n\x10read_queue_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13snic_inflight_bytes\x18\x05 \x01(\x04\x12\x1d\n\x15snic_read_bytes_per_s\x18\x06 \x01(\x01\"\xba\x02\n\rClusterStatus\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12*\n\x07\x65ngines\x18\x02 \x03(\x0b\x32\x19.dualpath.v1.EngineStatus\x12\x17\n\x0f\x64\x65\x63isions_total\x18\x03 \x01(\x04\x12\x1a\n\x12in_flight_requests\x18\x04 \x01(\x04\x12&\n\x05nodes\x18\x05 \x03(\x0b\x32\x17.dualpath.v1.NodeStatus\x12\x43\n\rpolicy_params\x18\x06 \x03(\x0b\x32,.dualpath.v1.ClusterStatus.PolicyParamsEntry\x12\x16\n\x0erejected_total\x18\x07 \x01(\x04\x1a\x33\n\x11PolicyParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\")\n\x12WatchStatusRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r*Z\n\nEngineRole\x12\x1b\n\x17\x45NGINE_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45NGINE_ROLE_PREFILL\x10\x01\x12\x16\n\x12\x45NGINE_ROLE_DECODE\x10\x02*h\n\x08ReadPath\x12\x19\n\x15READ_PATH_UNSPECIFIED\x10\x00\x12\x15\n\x11READ_PATH_PE_READ\x10\x01\x12\x15\n\x11READ_PATH_DE_READ\x10\x02\x12\x13\n\x0fREAD_PATH_SPLIT\x10\x03\x32\xc9\x05\n\x11TrafficController\x12Y\n\x0eRegisterEngine\x12\".dualpath.v1.RegisterEngineRequest\x1a#.dualpath.v1.RegisterEngineResponse\x12_\n\x10\x44\x65registerEngine\x12$.dualpath.v1.DeregisterEngineRequest\x1a%.dualpath.v1.DeregisterEngineResponse\x12\x46\n\nReportLoad\x12\x17.dualpath.v1.LoadReport\x1a\x1f.dualpath.v1.ReportLoadResponse\x12H\n\nStreamLoad\x12\x17.dualpath.v1.LoadReport\x1a\x1f.dualpath.v1.ReportLoadResponse(\x01\x12G\n\x08Schedule\x12\x1c.dualpath.v1.ScheduleRequest\x1a\x1d.dualpath.v1.ScheduleResponse\x12G\n\x08\x43omplete\x12\x1c.dualpath.v1.CompleteRequest\x1a\x1d.dualpath.v1.CompleteResponse\x12\x41\n\x06\x43\x61ncel\x12\x1a.dualpath.v1.CancelRequest\x1a\x1b.dualpath.v1.CancelResponse\x12\x43\n\tGetStatus\x12\x1a.dualpath.v1.StatusRequest\x1a\x1a.dualpath.v1.ClusterStatus\x12L\n\x0bWatchStatus\x12\x1f.dualpath.v1.WatchStatusRequest\x1a\x1a.dualpath.v1.ClusterStatus0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dualpath.v1.traffic_controller_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENGINEROLE']._serialized_start=1893
-  _globals['_ENGINEROLE']._serialized_end=1983
-  _globals['_READPATH']._serialized_start=1985
-  _globals['_READPATH']._serialized_end=2089
+  _globals['_CLUSTERSTATUS_POLICYPARAMSENTRY']._loaded_options = None
+  _globals['_CLUSTERSTATUS_POLICYPARAMSENTRY']._serialized_options = b'8\001'
+  _globals['_ENGINEROLE']._serialized_start=2424
+  _globals['_ENGINEROLE']._serialized_end=2514
+  _globals['_READPATH']._serialized_start=2516
+  _globals['_READPATH']._serialized_end=2620
   _globals['_ENGINE']._serialized_start=54
   _globals['_ENGINE']._serialized_end=233
   _globals['_REGISTERENGINEREQUEST']._serialized_start=235
@@ -46,33 +48,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEREGISTERENGINERESPONSE']._serialized_start=426
   _globals['_DEREGISTERENGINERESPONSE']._serialized_end=452
   _globals['_LOADREPORT']._serialized_start=455
-  _globals['_LOADREPORT']._serialized_end=669
-  _globals['_REPORTLOADRESPONSE']._serialized_start=671
-  _globals['_REPORTLOADRESPONSE']._serialized_end=709
-  _globals['_SCHEDULEREQUEST']._serialized_start=712
-  _globals['_SCHEDULEREQUEST']._serialized_end=897
-  _globals['_ENGINESCORE']._serialized_start=899
-  _globals['_ENGINESCORE']._serialized_end=960
-  _globals['_ASSIGNMENT']._serialized_start=963
-  _globals['_ASSIGNMENT']._serialized_end=1296
-  _globals['_SCHEDULERESPONSE']._serialized_start=1298
-  _globals['_SCHEDULERESPONSE']._serialized_end=1379
-  _globals['_COMPLETEREQUEST']._serialized_start=1381
-  _globals['_COMPLETEREQUEST']._serialized_end=1418
-  _globals['_COMPLETERESPONSE']._serialized_start=1420
-  _globals['_COMPLETERESPONSE']._serialized_end=1438
-  _globals['_CANCELREQUEST']._serialized_start=1440
-  _globals['_CANCELREQUEST']._serialized_end=1491
-  _globals['_CANCELRESPONSE']._serialized_start=1493
-  _globals['_CANCELRESPONSE']._serialized_end=1509
-  _globals['_STATUSREQUEST']._serialized_start=1511
-  _globals['_STATUSREQUEST']._serialized_end=1526
-  _globals['_ENGINESTATUS']._serialized_start=1529
-  _globals['_ENGINESTATUS']._serialized_end=1717
-  _globals['_CLUSTERSTATUS']._serialized_start=1720
-  _globals['_CLUSTERSTATUS']._serialized_end=1848
-  _globals['_WATCHSTATUSREQUEST']._serialized_start=1850
-  _globals['_WATCHSTATUSREQUEST']._serialized_end=1891
-  _globals['_TRAFFICCONTROLLER']._serialized_start=2092
-  _globals['_TRAFFICCONTROLLER']._serialized_end=2805
+  _globals['_LOADREPORT']._serialized_end=696
+  _globals['_REPORTLOADRESPONSE']._serialized_start=698
+  _globals['_REPORTLOADRESPONSE']._serialized_end=736
+  _globals['_SCHEDULEREQUEST']._serialized_start=739
+  _globals['_SCHEDULEREQUEST']._serialized_end=924
+  _globals['_ENGINESCORE']._serialized_start=926
+  _globals['_ENGINESCORE']._serialized_end=987
+  _globals['_ASSIGNMENT']._serialized_start=990
+  _globals['_ASSIGNMENT']._serialized_end=1369
+  _globals['_SCHEDULERESPONSE']._serialized_start=1371
+  _globals['_SCHEDULERESPONSE']._serialized_end=1452
+  _globals['_COMPLETEREQUEST']._serialized_start=1454
+  _globals['_COMPLETEREQUEST']._serialized_end=1491
+  _globals['_COMPLETERESPONSE']._serialized_start=1493
+  _globals['_COMPLETERESPONSE']._serialized_end=1511
+  _globals['_CANCELREQUEST']._serialized_start=1513
+  _globals['_CANCELREQUEST']._serialized_end=1564
+  _globals['_CANCELRESPONSE']._serialized_start=1566
+  _globals['_CANCELRESPONSE']._serialized_end=1582
+  _globals['_STATUSREQUEST']._serialized_start=1584
+  _globals['_STATUSREQUEST']._serialized_end=1599
+  _globals['_ENGINESTATUS']._serialized_start=1602
+  _globals['_ENGINESTATUS']._serialized_end=1893
+  _globals['_NODESTATUS']._serialized_start=1896
+  _globals['_NODESTATUS']._serialized_end=2062
+  _globals['_CLUSTERSTATUS']._serialized_start=2065
+  _globals['_CLUSTERSTATUS']._serialized_end=2379
+  _globals['_CLUSTERSTATUS_POLICYPARAMSENTRY']._serialized_start=2328
+  _globals['_CLUSTERSTATUS_POLICYPARAMSENTRY']._serialized_end=2379
+  _globals['_WATCHSTATUSREQUEST']._serialized_start=2381
+  _globals['_WATCHSTATUSREQUEST']._serialized_end=2422
+  _globals['_TRAFFICCONTROLLER']._serialized_start=2623
+  _globals['_TRAFFICCONTROLLER']._serialized_end=3336
 # @@protoc_insertion_point(module_scope)

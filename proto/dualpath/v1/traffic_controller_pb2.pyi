@@ -70,7 +70,7 @@ class DeregisterEngineResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("engine_id", "report_seq", "unfinished_requests", "unfinished_tokens", "read_queue_length", "read_queue_bytes", "free_hbm_tokens", "snic_inflight_bytes")
+    __slots__ = ("engine_id", "report_seq", "unfinished_requests", "unfinished_tokens", "read_queue_length", "read_queue_bytes", "free_hbm_tokens", "snic_inflight_bytes", "read_queue_tokens")
     ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
     REPORT_SEQ_FIELD_NUMBER: _ClassVar[int]
     UNFINISHED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class LoadReport(_message.Message):
     READ_QUEUE_BYTES_FIELD_NUMBER: _ClassVar[int]
     FREE_HBM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SNIC_INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    READ_QUEUE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     engine_id: str
     report_seq: int
     unfinished_requests: int
@@ -87,7 +88,8 @@ class LoadReport(_message.Message):
     read_queue_bytes: int
     free_hbm_tokens: int
     snic_inflight_bytes: int
-    def __init__(self, engine_id: _Optional[str] = ..., report_seq: _Optional[int] = ..., unfinished_requests: _Optional[int] = ..., unfinished_tokens: _Optional[int] = ..., read_queue_length: _Optional[int] = ..., read_queue_bytes: _Optional[int] = ..., free_hbm_tokens: _Optional[int] = ..., snic_inflight_bytes: _Optional[int] = ...) -> None: ...
+    read_queue_tokens: int
+    def __init__(self, engine_id: _Optional[str] = ..., report_seq: _Optional[int] = ..., unfinished_requests: _Optional[int] = ..., unfinished_tokens: _Optional[int] = ..., read_queue_length: _Optional[int] = ..., read_queue_bytes: _Optional[int] = ..., free_hbm_tokens: _Optional[int] = ..., snic_inflight_bytes: _Optional[int] = ..., read_queue_tokens: _Optional[int] = ...) -> None: ...
 
 class ReportLoadResponse(_message.Message):
     __slots__ = ("accepted",)
@@ -124,7 +126,7 @@ class EngineScore(_message.Message):
     def __init__(self, engine_id: _Optional[str] = ..., rule: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("request_id", "prefill_engine_id", "decode_engine_id", "read_path", "de_read_fraction", "policy", "reason", "scores", "prefill_agent_endpoint", "decode_agent_endpoint", "prefill_node", "decode_node")
+    __slots__ = ("request_id", "prefill_engine_id", "decode_engine_id", "read_path", "de_read_fraction", "policy", "reason", "scores", "prefill_agent_endpoint", "decode_agent_endpoint", "prefill_node", "decode_node", "pe_read_bytes", "de_read_bytes")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PREFILL_ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
     DECODE_ENGINE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +139,8 @@ class Assignment(_message.Message):
     DECODE_AGENT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     PREFILL_NODE_FIELD_NUMBER: _ClassVar[int]
     DECODE_NODE_FIELD_NUMBER: _ClassVar[int]
+    PE_READ_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DE_READ_BYTES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prefill_engine_id: str
     decode_engine_id: str
@@ -149,7 +153,9 @@ class Assignment(_message.Message):
     decode_agent_endpoint: str
     prefill_node: str
     decode_node: str
-    def __init__(self, request_id: _Optional[str] = ..., prefill_engine_id: _Optional[str] = ..., decode_engine_id: _Optional[str] = ..., read_path: _Optional[_Union[ReadPath, str]] = ..., de_read_fraction: _Optional[float] = ..., policy: _Optional[str] = ..., reason: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[EngineScore, _Mapping]]] = ..., prefill_agent_endpoint: _Optional[str] = ..., decode_agent_endpoint: _Optional[str] = ..., prefill_node: _Optional[str] = ..., decode_node: _Optional[str] = ...) -> None: ...
+    pe_read_bytes: int
+    de_read_bytes: int
+    def __init__(self, request_id: _Optional[str] = ..., prefill_engine_id: _Optional[str] = ..., decode_engine_id: _Optional[str] = ..., read_path: _Optional[_Union[ReadPath, str]] = ..., de_read_fraction: _Optional[float] = ..., policy: _Optional[str] = ..., reason: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[EngineScore, _Mapping]]] = ..., prefill_agent_endpoint: _Optional[str] = ..., decode_agent_endpoint: _Optional[str] = ..., prefill_node: _Optional[str] = ..., decode_node: _Optional[str] = ..., pe_read_bytes: _Optional[int] = ..., de_read_bytes: _Optional[int] = ...) -> None: ...
 
 class ScheduleResponse(_message.Message):
     __slots__ = ("assignment", "replayed")
@@ -186,32 +192,69 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EngineStatus(_message.Message):
-    __slots__ = ("engine", "last_report", "drained", "report_age_s", "assigned_requests", "assigned_tokens")
+    __slots__ = ("engine", "last_report", "drained", "report_age_s", "assigned_requests", "assigned_tokens", "unfinished_requests", "unfinished_tokens", "free_hbm_tokens", "drain_reason")
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     LAST_REPORT_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
     REPORT_AGE_S_FIELD_NUMBER: _ClassVar[int]
     ASSIGNED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     ASSIGNED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FREE_HBM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_REASON_FIELD_NUMBER: _ClassVar[int]
     engine: Engine
     last_report: LoadReport
     drained: bool
     report_age_s: float
     assigned_requests: int
     assigned_tokens: int
-    def __init__(self, engine: _Optional[_Union[Engine, _Mapping]] = ..., last_report: _Optional[_Union[LoadReport, _Mapping]] = ..., drained: _Optional[bool] = ..., report_age_s: _Optional[float] = ..., assigned_requests: _Optional[int] = ..., assigned_tokens: _Optional[int] = ...) -> None: ...
+    unfinished_requests: int
+    unfinished_tokens: int
+    free_hbm_tokens: int
+    drain_reason: str
+    def __init__(self, engine: _Optional[_Union[Engine, _Mapping]] = ..., last_report: _Optional[_Union[LoadReport, _Mapping]] = ..., drained: _Optional[bool] = ..., report_age_s: _Optional[float] = ..., assigned_requests: _Optional[int] = ..., assigned_tokens: _Optional[int] = ..., unfinished_requests: _Optional[int] = ..., unfinished_tokens: _Optional[int] = ..., free_hbm_tokens: _Optional[int] = ..., drain_reason: _Optional[str] = ...) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("node", "read_queue_length", "read_queue_tokens", "read_queue_bytes", "snic_inflight_bytes", "snic_read_bytes_per_s")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    READ_QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    READ_QUEUE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    READ_QUEUE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SNIC_INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SNIC_READ_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    read_queue_length: int
+    read_queue_tokens: int
+    read_queue_bytes: int
+    snic_inflight_bytes: int
+    snic_read_bytes_per_s: float
+    def __init__(self, node: _Optional[str] = ..., read_queue_length: _Optional[int] = ..., read_queue_tokens: _Optional[int] = ..., read_queue_bytes: _Optional[int] = ..., snic_inflight_bytes: _Optional[int] = ..., snic_read_bytes_per_s: _Optional[float] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("policy", "engines", "decisions_total", "in_flight_requests")
+    __slots__ = ("policy", "engines", "decisions_total", "in_flight_requests", "nodes", "policy_params", "rejected_total")
+    class PolicyParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     POLICY_FIELD_NUMBER: _ClassVar[int]
     ENGINES_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     policy: str
     engines: _containers.RepeatedCompositeFieldContainer[EngineStatus]
     decisions_total: int
     in_flight_requests: int
-    def __init__(self, policy: _Optional[str] = ..., engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ..., decisions_total: _Optional[int] = ..., in_flight_requests: _Optional[int] = ...) -> None: ...
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
+    policy_params: _containers.ScalarMap[str, float]
+    rejected_total: int
+    def __init__(self, policy: _Optional[str] = ..., engines: _Optional[_Iterable[_Union[EngineStatus, _Mapping]]] = ..., decisions_total: _Optional[int] = ..., in_flight_requests: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., policy_params: _Optional[_Mapping[str, float]] = ..., rejected_total: _Optional[int] = ...) -> None: ...
 
 class WatchStatusRequest(_message.Message):
     __slots__ = ("interval_ms",)

@@ -85,32 +85,37 @@ class TrafficControllerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def RegisterEngine(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Add (or replace, same engine_id) an engine. Its report sequence starts over.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeregisterEngine(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Remove an engine; requests it holds can still be completed.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportLoad(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One load report. A drained engine that reports again is taken back into service.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamLoad(self, request_iterator, context):
-        """Long-lived stream of reports from one engine; the response closes it.
+        """Long-lived stream of reports from one engine; the response closes it and says
+        whether the last report was accepted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Schedule(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Assign a request (idempotent on request_id).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -134,7 +139,8 @@ class TrafficControllerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchStatus(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A ClusterStatus now, then one per interval until the caller hangs up.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

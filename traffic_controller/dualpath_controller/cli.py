@@ -1,0 +1,132 @@
+"""`dualpath controller`: run the traffic controller gRPC server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from dualpath_common.logs import configure_logging
+
+from dualpath_controller.policy import describe_policies, get_policy, parse_policy_params
+from dualpath_controller.server import ControllerServer
+from dualpath_controller.state import ControllerState
+
+log = logging.getLogger("dualpath.controller")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen", default="127.0.0.1:50051", help="gRPC address host:port (port 0 = any free)"
+    )
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="metrics/health bind address")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9400,
+        help="port for /metrics, /healthz, /readyz (0 = any free port, -1 = off)",
+    )
+    parser.add_argument(
+        "--policy", default="paper", help="paper | prefill-only | round-robin | dualpath-split"
+    )
+    parser.add_argument(
+        "--policy-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="policy parameter, repeatable (e.g. alpha=3748500 beta=1e6 z=1.05)",
+    )
+    parser.add_argument(
+        "--liveness-timeout-s",
+        type=float,
+        default=5.0,
+        help="drain an engine that sends no report for this long",
+    )
+    parser.add_argument(
+        "--request-ttl-s",
+        type=float,
+        default=3_600.0,
+        help="release a request never completed nor cancelled after this long",
+    )
+    parser.add_argument(
+        "--report-interval-ms", type=int, default=500, help="report interval asked of engines"
+    )
+    parser.add_argument(
+        "--max-workers",
+        type=int,
+        default=32,
+        help="gRPC worker threads; streaming calls may hold at most half of them",
+    )
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        help="write {grpc_port, metrics_port, pid} as JSON here once serving",
+    )
+    parser.add_argument("--list-policies", action="store_true", help="print policies and exit")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, ... (default INFO)")
+
+
+def _list_policies() -> int:
+    for name, params in describe_policies().items():
+        print(name)
+        for key, spec in params.items():
+            print(f"  {key}={spec.default:g}  [{spec.minimum:g}, {spec.maximum:g}]  {spec.help}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_policies:
+        return _list_policies()
+    configure_logging("controller", args.log_level)
+    try:
+        policy = get_policy(args.policy, **parse_policy_params(args.policy_param))
+        state = ControllerState(
+            policy,
+            liveness_timeout_s=args.liveness_timeout_s,
+            report_interval_s=args.report_interval_ms / 1000,
+            request_ttl_s=args.request_ttl_s,
+        )
+    except ValueError as exc:
+        print(f"dualpath controller: {exc}", file=sys.stderr)
+        return 2
+    metrics_port = None if args.metrics_port < 0 else args.metrics_port
+    try:
+        server = ControllerServer(
+            state,
+            args.listen,
+            max_workers=args.max_workers,
+            metrics_host=args.metrics_host,
+            metrics_port=metrics_port,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"dualpath controller: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        port = server.start()
+    except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
+        print(f"dualpath controller: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        return 1
+    if args.ready_file is not None:
+        _write_ready_file(args.ready_file, server, port)
+    while not stop.wait(0.5):  # a timed wait keeps the main thread responsive to signals
+        pass
+    log.info("shutting down")
+    server.stop()
+    return 0
+
+
+def _write_ready_file(path: Path, server: ControllerServer, port: int) -> None:
+    metrics_port = server.observability.port if server.observability else None
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps({"grpc_port": port, "metrics_port": metrics_port, "pid": os.getpid()})
+    )
+    tmp.replace(path)  # atomic: readers never see half a file

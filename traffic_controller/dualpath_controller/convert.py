@@ -1,0 +1,88 @@
+"""Translation between the gRPC messages (dualpath.v1) and the policy core's values."""
+
+from __future__ import annotations
+
+from dualpath.v1 import traffic_controller_pb2 as pb
+
+from dualpath_controller.policy import Assignment, EngineScore, ReadPath, Request, Role
+
+ROLE_TO_PROTO = {Role.PREFILL: pb.ENGINE_ROLE_PREFILL, Role.DECODE: pb.ENGINE_ROLE_DECODE}
+ROLE_FROM_PROTO = {v: k for k, v in ROLE_TO_PROTO.items()}
+PATH_TO_PROTO = {
+    ReadPath.PE_READ: pb.READ_PATH_PE_READ,
+    ReadPath.DE_READ: pb.READ_PATH_DE_READ,
+    ReadPath.SPLIT: pb.READ_PATH_SPLIT,
+}
+PATH_FROM_PROTO = {v: k for k, v in PATH_TO_PROTO.items()}
+
+
+def role_from_proto(value: int) -> Role:
+    role = ROLE_FROM_PROTO.get(value)  # type: ignore[call-overload]
+    if role is None:
+        raise ValueError(
+            f"engine.role must be ENGINE_ROLE_PREFILL or ENGINE_ROLE_DECODE, got {value}"
+        )
+    return role
+
+
+def parse_role(text: str | Role) -> Role:
+    """'prefill' / 'decode' (or a Role) -> Role."""
+    if isinstance(text, Role):
+        return text
+    try:
+        return Role(text.lower())
+    except ValueError:
+        raise ValueError(f"role must be 'prefill' or 'decode', got {text!r}") from None
+
+
+def request_from_proto(message: pb.ScheduleRequest) -> Request:
+    """Raises ValueError naming the bad field (the server answers INVALID_ARGUMENT)."""
+    return Request(
+        request_id=message.request_id,
+        total_tokens=message.total_tokens,
+        cached_tokens=message.cached_tokens,
+        append_tokens=message.append_tokens,
+        expected_output_tokens=message.expected_output_tokens,
+        kv_bytes_per_token=message.kv_bytes_per_token,
+    )
+
+
+def schedule_request(request: Request, session_id: str = "") -> pb.ScheduleRequest:
+    return pb.ScheduleRequest(
+        request_id=request.request_id,
+        total_tokens=request.total_tokens,
+        cached_tokens=request.cached_tokens,
+        append_tokens=request.append_tokens,
+        expected_output_tokens=request.expected_output_tokens,
+        kv_bytes_per_token=request.kv_bytes_per_token,
+        session_id=session_id,
+    )
+
+
+def assignment_to_proto(a: Assignment) -> pb.Assignment:
+    """Core fields only; the server adds nodes, agent endpoints and byte counts."""
+    return pb.Assignment(
+        request_id=a.request_id,
+        prefill_engine_id=a.prefill_engine_id,
+        decode_engine_id=a.decode_engine_id,
+        read_path=PATH_TO_PROTO[a.read_path],
+        de_read_fraction=a.de_read_fraction,
+        policy=a.policy,
+        reason=a.reason,
+        scores=[
+            pb.EngineScore(engine_id=s.engine_id, rule=s.rule, value=s.value) for s in a.scores
+        ],
+    )
+
+
+def assignment_from_proto(message: pb.Assignment) -> Assignment:
+    return Assignment(
+        request_id=message.request_id,
+        prefill_engine_id=message.prefill_engine_id,
+        decode_engine_id=message.decode_engine_id,
+        read_path=PATH_FROM_PROTO[message.read_path],
+        de_read_fraction=message.de_read_fraction,
+        policy=message.policy,
+        reason=message.reason,
+        scores=tuple(EngineScore(s.engine_id, s.rule, s.value) for s in message.scores),
+    )

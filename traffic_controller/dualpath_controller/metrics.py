@@ -1,0 +1,181 @@
+"""Prometheus metrics of the traffic controller, in a registry of its own (so several
+controllers can live in one test process). Per-engine and per-node gauges are read from the
+state at scrape time instead of being updated on every decision."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dualpath_controller.policy import Assignment, Role
+
+if TYPE_CHECKING:
+    from dualpath_controller.state import ControllerState
+
+LATENCY_BUCKETS = (
+    5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1,
+)  # fmt: skip
+FRACTION_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+class ControllerMetrics:
+    def __init__(self, policy: str, registry: CollectorRegistry | None = None) -> None:
+        self.policy = policy
+        self.registry = registry or CollectorRegistry()
+        self.decisions = Counter(
+            "dualpath_controller_decisions_total",
+            "Schedule decisions by policy and read path",
+            ["policy", "path"],
+            registry=self.registry,
+        )
+        self.de_fraction = Histogram(
+            "dualpath_controller_de_read_fraction",
+            "Share of a request's cached bytes read on the decode side (0 = PE_READ, 1 = DE_READ)",
+            ["policy"],
+            buckets=FRACTION_BUCKETS,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "dualpath_controller_decision_latency_seconds",
+            "Time to decide and book one request inside the controller (policy core)",
+            ["policy"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.finishes = Counter(
+            "dualpath_controller_requests_finished_total",
+            "Requests released, by how they ended (completed, cancelled, expired)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.rpc_errors = Counter(
+            "dualpath_controller_rpc_errors_total",
+            "gRPC calls answered with an error status",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self._decision_children = {
+            path: self.decisions.labels(policy, path) for path in ("pe_read", "de_read", "split")
+        }
+        self._fraction_child = self.de_fraction.labels(policy)
+        self._latency_child = self.latency.labels(policy)
+
+    def bind(self, state: ControllerState) -> None:
+        self.registry.register(_StateCollector(state))
+
+    def observe_decision(self, assignment: Assignment, latency_s: float) -> None:
+        self._decision_children[assignment.read_path.value].inc()
+        self._fraction_child.observe(assignment.de_read_fraction)
+        self._latency_child.observe(latency_s)
+
+    def observe_finish(self, outcome: str) -> None:
+        self.finishes.labels(outcome).inc()
+
+    def observe_rpc_error(self, method: str, code: str) -> None:
+        self.rpc_errors.labels(method, code).inc()
+
+
+class _StateCollector(Collector):
+    def __init__(self, state: ControllerState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        # Scrapes run on the HTTP thread while the event loop mutates the state; list()
+        # snapshots a dict atomically under the GIL.
+        view = self.state.view
+        engines = list(view.engines.values())
+        nodes = list(view.nodes.values())
+        labels = ["engine", "role", "node"]
+        tokens = GaugeMetricFamily(
+            "dualpath_controller_engine_unfinished_tokens",
+            "tok_e: unfinished tokens per engine (reported + booked)",
+            labels=labels,
+        )
+        requests = GaugeMetricFamily(
+            "dualpath_controller_engine_unfinished_requests",
+            "seq_e: unfinished requests per engine (reported + booked)",
+            labels=labels,
+        )
+        free_hbm = GaugeMetricFamily(
+            "dualpath_controller_engine_free_hbm_tokens",
+            "Free HBM per decode engine, in tokens",
+            labels=labels,
+        )
+        drained_flag = GaugeMetricFamily(
+            "dualpath_controller_engine_drained",
+            "1 when the engine gets no new work",
+            labels=labels,
+        )
+        for e in engines:
+            values = [e.engine_id, e.role.value, e.node]
+            tokens.add_metric(values, e.unfinished_tokens)
+            requests.add_metric(values, e.unfinished_requests)
+            drained_flag.add_metric(values, 1.0 if e.drained else 0.0)
+            if e.role is Role.DECODE:
+                free_hbm.add_metric(values, e.free_hbm_tokens)
+        yield from (tokens, requests, free_hbm, drained_flag)
+        queue_length = GaugeMetricFamily(
+            "dualpath_controller_node_read_queue_length",
+            "Reads queued on the node's storage NIC",
+            labels=["node"],
+        )
+        queue_tokens = GaugeMetricFamily(
+            "dualpath_controller_node_read_queue_tokens",
+            "read_q: tokens queued on the node's storage NIC",
+            labels=["node"],
+        )
+        queue_bytes = GaugeMetricFamily(
+            "dualpath_controller_node_read_queue_bytes",
+            "Bytes queued on the node's storage NIC",
+            labels=["node"],
+        )
+        for n in nodes:
+            queue_length.add_metric([n.node], n.read_queue_length)
+            queue_tokens.add_metric([n.node], n.read_queue_tokens)
+            queue_bytes.add_metric([n.node], n.read_queue_bytes)
+        yield from (queue_length, queue_tokens, queue_bytes)
+        registered = GaugeMetricFamily(
+            "dualpath_controller_engines",
+            "Registered engines by role and state",
+            labels=["role", "state"],
+        )
+        for role in Role:
+            total = sum(1 for e in engines if e.role is role)
+            drained = sum(1 for e in engines if e.role is role and e.drained)
+            registered.add_metric([role.value, "active"], total - drained)
+            registered.add_metric([role.value, "drained"], drained)
+        yield registered
+        yield GaugeMetricFamily(
+            "dualpath_controller_drained_engines",
+            "Engines drained (missed reports) right now",
+            value=sum(1 for e in engines if e.drained),
+        )
+        yield GaugeMetricFamily(
+            "dualpath_controller_in_flight_requests",
+            "Assignments not yet completed or cancelled",
+            value=len(self.state.in_flight),
+        )
+        counters = self.state.counters
+        for name, help_text, value in (
+            ("dualpath_controller_drains", "Engines drained for missed reports", counters.drains),
+            (
+                "dualpath_controller_rejected",
+                "Schedule calls refused for lack of capacity",
+                counters.rejected,
+            ),
+            (
+                "dualpath_controller_replayed",
+                "Schedule calls answered from the idempotency record",
+                counters.replayed,
+            ),
+            (
+                "dualpath_controller_stale_reports",
+                "Load reports ignored as stale",
+                counters.stale_reports,
+            ),
+        ):
+            yield CounterMetricFamily(name, help_text, value=value)

@@ -1,0 +1,95 @@
+"""`dualpath-split` (ours, beyond the paper): the paper's engine choice, then one request's
+cached bytes are split across both storage NICs so both sides finish together.
+
+With Q the bytes already queued on a node, bw its SNIC read bandwidth and B the request's
+cached bytes, reading a fraction f on the decode side finishes at
+    T_pe = (Q_pe + (1 - f) B) / bw_pe      and      T_de = (Q_de + f B) / bw_de.
+T_pe = T_de gives  f = (bw_de (Q_pe + B) - bw_pe Q_de) / (B (bw_pe + bw_de)),  clamped to
+[0, 1]. When one side is much better f clamps to 0 or 1 (pure PE_READ / DE_READ); a split
+thinner than `min_split_fraction`, or a read smaller than `min_split_bytes`, is not worth
+two transfers and goes whole to the side that finishes first.
+"""
+
+from __future__ import annotations
+
+from dualpath_controller.policy.base import ParamSpec, PathChoice, path_shorter_queue
+from dualpath_controller.policy.paper import ALPHA, BETA, PaperPolicy, Z
+from dualpath_controller.policy.types import EngineScore, EngineState, ReadPath, Request
+from dualpath_controller.policy.view import ClusterView
+
+
+def balanced_de_fraction(
+    pe_queue_bytes: float, de_queue_bytes: float, read_bytes: float, bw_pe: float, bw_de: float
+) -> float:
+    """Fraction of `read_bytes` to read on the decode side so both sides finish together."""
+    f = (bw_de * (pe_queue_bytes + read_bytes) - bw_pe * de_queue_bytes) / (
+        read_bytes * (bw_pe + bw_de)
+    )
+    return min(1.0, max(0.0, f))
+
+
+class DualPathSplitPolicy(PaperPolicy):
+    name = "dualpath-split"
+    description = "ours: paper's engine choice, cached bytes split so both SNICs finish together"
+    PARAMS = {
+        "alpha": ALPHA,
+        "beta": BETA,
+        "z": Z,
+        "min_split_fraction": ParamSpec(
+            0.05, 0.0, 0.5, "a side's share below this is folded into the other side"
+        ),
+        "min_split_bytes": ParamSpec(
+            0, 0, 1e15, "reads smaller than this are never split", integer=True
+        ),
+        "default_snic_bytes_per_s": ParamSpec(
+            50e9, 1.0, 1e13, "SNIC read bandwidth assumed when a node reports none"
+        ),
+    }
+
+    def choose_path(
+        self, view: ClusterView, pe: EngineState, de: EngineState, request: Request
+    ) -> PathChoice:
+        read_bytes = request.cached_bytes
+        if request.cached_tokens == 0:
+            return PathChoice(ReadPath.PE_READ, 0.0, "nothing-cached", ())
+        if read_bytes == 0:
+            # Bytes unknown (no kv_bytes_per_token): fall back to the paper's queue rule.
+            return path_shorter_queue(view, pe, de, request)
+        if pe.node == de.node:
+            return PathChoice(ReadPath.PE_READ, 0.0, "same-node", ())
+        pe_node = view.nodes[pe.node]
+        de_node = view.nodes[de.node]
+        default_bw = self.params["default_snic_bytes_per_s"]
+        bw_pe = pe_node.snic_read_bytes_per_s or default_bw
+        bw_de = de_node.snic_read_bytes_per_s or default_bw
+        q_pe = pe_node.read_queue_bytes
+        q_de = de_node.read_queue_bytes
+        t_pe_only = (q_pe + read_bytes) / bw_pe
+        t_de_only = (q_de + read_bytes) / bw_de
+        f = balanced_de_fraction(q_pe, q_de, read_bytes, bw_pe, bw_de)
+        thin = self.params["min_split_fraction"]
+        if 0.0 < f < 1.0 and (read_bytes < self.params["min_split_bytes"] or min(f, 1 - f) < thin):
+            f = 1.0 if t_de_only < t_pe_only else 0.0
+            rule = "split-not-worth-it"
+        elif f <= 0.0:
+            rule = "pe-side-much-better"
+        elif f >= 1.0:
+            rule = "de-side-much-better"
+        else:
+            rule = "balanced-split"
+        if f <= 0.0:
+            path, f = ReadPath.PE_READ, 0.0
+        elif f >= 1.0:
+            path, f = ReadPath.DE_READ, 1.0
+        else:
+            path = ReadPath.SPLIT
+        t_pe = (q_pe + (1 - f) * read_bytes) / bw_pe if f < 1 else 0.0
+        t_de = (q_de + f * read_bytes) / bw_de if f > 0 else 0.0
+        scores = (
+            EngineScore(pe.node, "pe-node-read-queue-bytes", q_pe),
+            EngineScore(de.node, "de-node-read-queue-bytes", q_de),
+            EngineScore(pe.node, "pe-only-finish-s", t_pe_only),
+            EngineScore(de.node, "de-only-finish-s", t_de_only),
+            EngineScore("", "expected-finish-s", max(t_pe, t_de)),
+        )
+        return PathChoice(path, f, rule, scores)

@@ -1,0 +1,406 @@
+"""The controller's state machine: registrations, reports, liveness and decisions.
+
+Synchronous and clock-free: every call that needs the time takes `now` (monotonic seconds)
+from the caller, so the gRPC layer owns the clock and tests can drive time by hand. Errors
+are `ControllerError(grpc status code, message)`; the gRPC layer turns them into statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import grpc
+from dualpath.v1 import traffic_controller_pb2 as pb
+
+from dualpath_controller.convert import (
+    assignment_to_proto,
+    request_from_proto,
+    role_from_proto,
+)
+from dualpath_controller.metrics import ControllerMetrics
+from dualpath_controller.policy import (
+    ClusterView,
+    EngineState,
+    NoCapacity,
+    Policy,
+    Request,
+    Role,
+)
+
+log = logging.getLogger("dualpath.controller")
+
+# Limits beyond which a number in a registration or report is absurd, not just large.
+MAX_TOKENS = 1 << 40
+MAX_ID_LENGTH = 256
+UINT32_MAX = 2**32 - 1
+DRAIN_MISSED_REPORTS = "missed-reports"
+
+
+class ControllerError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(message: str) -> ControllerError:
+    return ControllerError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+@dataclass
+class EngineRecord:
+    engine: pb.Engine
+    last_seen: float
+    last_seq: int = 0
+    last_report: pb.LoadReport | None = None
+    drain_reason: str = ""
+    assigned_requests: int = 0
+    assigned_tokens: int = 0
+
+
+@dataclass
+class Decision:
+    request: Request
+    response: pb.Assignment
+    scheduled_at: float = 0.0
+    finished: bool = False
+
+
+@dataclass
+class Counters:
+    decisions: int = 0
+    rejected: int = 0
+    replayed: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    drains: int = 0
+    stale_reports: int = 0
+    expired: int = 0
+
+
+def _check_id(name: str, value: str) -> None:
+    if not value:
+        raise invalid(f"{name} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise invalid(f"{name} is {len(value)} characters long (limit {MAX_ID_LENGTH})")
+
+
+def _check_tokens(name: str, value: int) -> None:
+    if value > MAX_TOKENS:
+        raise invalid(f"{name}={value} is absurd (limit {MAX_TOKENS}; negative numbers wrap)")
+
+
+class ControllerState:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        liveness_timeout_s: float = 5.0,
+        report_interval_s: float = 0.5,
+        remember_finished: int = 100_000,
+        request_ttl_s: float = 3_600.0,
+        metrics: ControllerMetrics | None = None,
+    ) -> None:
+        if liveness_timeout_s <= 0 or report_interval_s <= 0 or request_ttl_s <= 0:
+            raise ValueError("liveness_timeout_s, report_interval_s and request_ttl_s must be > 0")
+        self.policy = policy
+        self.view = ClusterView()
+        self.liveness_timeout_s = liveness_timeout_s
+        self.report_interval_s = report_interval_s
+        self.records: dict[str, EngineRecord] = {}
+        # In-flight decisions, then (bounded) finished ones so retries stay idempotent.
+        self.in_flight: dict[str, Decision] = {}
+        self.finished: OrderedDict[str, Decision] = OrderedDict()
+        self.remember_finished = remember_finished
+        # A request never completed nor cancelled (its client died) is released after this
+        # long, so forgotten requests cannot hold engine load forever.
+        self.request_ttl_s = request_ttl_s
+        self.counters = Counters()
+        self.metrics = metrics or ControllerMetrics(policy.name)
+        self.metrics.bind(self)
+
+    # ----- engines -----
+
+    def register(self, engine: pb.Engine, now: float) -> pb.RegisterEngineResponse:
+        _check_id("engine.engine_id", engine.engine_id)
+        _check_id("engine.node", engine.node)
+        try:
+            role = role_from_proto(engine.role)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+        _check_tokens("engine.hbm_capacity_tokens", engine.hbm_capacity_tokens)
+        if role is Role.DECODE and engine.hbm_capacity_tokens == 0:
+            raise invalid("engine.hbm_capacity_tokens must be > 0 for a decode engine")
+        bw = engine.snic_read_bytes_per_s
+        if not math.isfinite(bw) or bw < 0:
+            raise invalid(f"engine.snic_read_bytes_per_s must be finite and >= 0, got {bw}")
+        if len(engine.group) > MAX_ID_LENGTH:
+            raise invalid(f"engine.group is too long (limit {MAX_ID_LENGTH})")
+        replaced = engine.engine_id in self.records
+        self.view.add_engine(
+            EngineState(
+                engine.engine_id,
+                role,
+                engine.node,
+                group=engine.group,
+                hbm_capacity_tokens=engine.hbm_capacity_tokens,
+                free_hbm_tokens=engine.hbm_capacity_tokens,
+            )
+        )
+        if bw > 0:
+            self.view.update_node_load(engine.node, snic_read_bytes_per_s=bw)
+        stored = pb.Engine()
+        stored.CopyFrom(engine)
+        self.records[engine.engine_id] = EngineRecord(stored, last_seen=now)
+        log.info(
+            "engine registered",
+            extra={
+                "engine_id": engine.engine_id,
+                "role": role.value,
+                "node": engine.node,
+                "replaced": replaced,
+            },
+        )
+        return pb.RegisterEngineResponse(
+            report_interval_ms=min(UINT32_MAX, round(self.report_interval_s * 1000)),
+            liveness_timeout_ms=min(UINT32_MAX, round(self.liveness_timeout_s * 1000)),
+        )
+
+    def deregister(self, engine_id: str) -> None:
+        _check_id("engine_id", engine_id)
+        if engine_id not in self.records:
+            raise ControllerError(
+                grpc.StatusCode.NOT_FOUND, f"engine {engine_id!r} is not registered"
+            )
+        del self.records[engine_id]
+        self.view.remove_engine(engine_id)
+        log.info("engine deregistered", extra={"engine_id": engine_id})
+
+    def report(self, report: pb.LoadReport, now: float) -> bool:
+        """Apply a load report; False when it is stale (report_seq not newer)."""
+        _check_id("engine_id", report.engine_id)
+        record = self.records.get(report.engine_id)
+        if record is None:
+            raise ControllerError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"engine {report.engine_id!r} is not registered: call RegisterEngine first",
+            )
+        if report.report_seq == 0:
+            raise invalid("report_seq must be >= 1")
+        for name in ("unfinished_tokens", "read_queue_bytes", "free_hbm_tokens"):
+            _check_tokens(name, getattr(report, name))
+        _check_tokens("read_queue_tokens", report.read_queue_tokens)
+        _check_tokens("snic_inflight_bytes", report.snic_inflight_bytes)
+        capacity = record.engine.hbm_capacity_tokens
+        if record.engine.role == pb.ENGINE_ROLE_DECODE and report.free_hbm_tokens > capacity:
+            raise invalid(
+                f"free_hbm_tokens ({report.free_hbm_tokens}) > hbm_capacity_tokens ({capacity})"
+            )
+        if report.report_seq <= record.last_seq:
+            self.counters.stale_reports += 1
+            return False
+        record.last_seq = report.report_seq
+        record.last_seen = now
+        stored = pb.LoadReport()
+        stored.CopyFrom(report)
+        record.last_report = stored
+        view = self.view
+        view.update_engine_load(
+            report.engine_id,
+            unfinished_requests=report.unfinished_requests,
+            unfinished_tokens=report.unfinished_tokens,
+            free_hbm_tokens=(
+                report.free_hbm_tokens if record.engine.role == pb.ENGINE_ROLE_DECODE else None
+            ),
+        )
+        view.update_node_load(
+            record.engine.node,
+            read_queue_length=report.read_queue_length,
+            read_queue_tokens=report.read_queue_tokens,
+            read_queue_bytes=report.read_queue_bytes,
+            snic_inflight_bytes=report.snic_inflight_bytes,
+        )
+        if record.drain_reason == DRAIN_MISSED_REPORTS:
+            record.drain_reason = ""
+            view.set_drained(report.engine_id, False)
+            log.info("engine back in service", extra={"engine_id": report.engine_id})
+        return True
+
+    def sweep(self, now: float) -> list[str]:
+        """Drain engines whose last report (or registration) is older than the timeout, and
+        release requests older than the request TTL. Returns the newly drained engines."""
+        self._expire(now)
+        drained = []
+        for engine_id, record in self.records.items():
+            if record.drain_reason or now - record.last_seen <= self.liveness_timeout_s:
+                continue
+            record.drain_reason = DRAIN_MISSED_REPORTS
+            self.view.set_drained(engine_id, True)
+            self.counters.drains += 1
+            drained.append(engine_id)
+            log.warning(
+                "engine drained: no report within the liveness timeout",
+                extra={
+                    "engine_id": engine_id,
+                    "silent_s": round(now - record.last_seen, 3),
+                    "timeout_s": self.liveness_timeout_s,
+                },
+            )
+        return drained
+
+    def _expire(self, now: float) -> None:
+        expired = []
+        for request_id, decision in self.in_flight.items():  # oldest first
+            if now - decision.scheduled_at <= self.request_ttl_s:
+                break
+            expired.append(request_id)
+        for request_id in expired:
+            self.finish(request_id, cancelled=True, reason="expired", expired=True)
+
+    # ----- requests -----
+
+    def schedule(self, message: pb.ScheduleRequest, now: float = 0.0) -> pb.ScheduleResponse:
+        try:
+            request = request_from_proto(message)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+        known = self.in_flight.get(request.request_id) or self.finished.get(request.request_id)
+        if known is not None:
+            if known.request != request:
+                raise invalid(
+                    f"request_id {request.request_id!r} was already scheduled with different"
+                    " parameters (request ids must be unique)"
+                )
+            self.counters.replayed += 1
+            return pb.ScheduleResponse(assignment=known.response, replayed=True)
+        for role in (Role.PREFILL, Role.DECODE):
+            if self.view.count(role) == 0:
+                raise ControllerError(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"no {role.value} engines registered"
+                )
+        started = time.perf_counter()
+        try:
+            assignment = self.policy.schedule(self.view, request)
+        except NoCapacity as exc:
+            self.counters.rejected += 1
+            raise ControllerError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"no capacity: {exc}; retry later"
+            ) from None
+        booking = self.view.apply(assignment, request)
+        latency = time.perf_counter() - started
+        response = assignment_to_proto(assignment)
+        pe_record = self.records[assignment.prefill_engine_id]
+        de_record = self.records[assignment.decode_engine_id]
+        response.prefill_node = booking.pe_node
+        response.decode_node = booking.de_node
+        response.prefill_agent_endpoint = pe_record.engine.agent_endpoint
+        response.decode_agent_endpoint = de_record.engine.agent_endpoint
+        response.pe_read_bytes = booking.pe_read_bytes
+        response.de_read_bytes = booking.de_read_bytes
+        for record in (pe_record, de_record):
+            record.assigned_requests += 1
+            record.assigned_tokens += request.total_tokens
+        self.in_flight[request.request_id] = Decision(request, response, scheduled_at=now)
+        self.counters.decisions += 1
+        self.metrics.observe_decision(assignment, latency)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "scheduled", extra={"request_id": request.request_id, "reason": assignment.reason}
+            )
+        return pb.ScheduleResponse(assignment=response, replayed=False)
+
+    def finish(
+        self, request_id: str, *, cancelled: bool = False, reason: str = "", expired: bool = False
+    ) -> None:
+        """Complete or Cancel: release the booked load. Repeats are no-ops."""
+        _check_id("request_id", request_id)
+        decision = self.in_flight.pop(request_id, None)
+        if decision is None:
+            if request_id in self.finished:
+                return
+            raise ControllerError(
+                grpc.StatusCode.NOT_FOUND,
+                f"request {request_id!r} is not in flight (never scheduled here, or the"
+                " controller restarted since)",
+            )
+        self.view.release(request_id)
+        for engine_id in (decision.response.prefill_engine_id, decision.response.decode_engine_id):
+            record = self.records.get(engine_id)
+            if record is not None:
+                record.assigned_requests = max(0, record.assigned_requests - 1)
+                record.assigned_tokens = max(
+                    0, record.assigned_tokens - decision.request.total_tokens
+                )
+        decision.finished = True
+        self.finished[request_id] = decision
+        while len(self.finished) > self.remember_finished:
+            self.finished.popitem(last=False)
+        if expired:
+            self.counters.expired += 1
+            outcome = "expired"
+            log.warning(
+                "request expired: never completed nor cancelled",
+                extra={"request_id": request_id, "ttl_s": self.request_ttl_s},
+            )
+        elif cancelled:
+            self.counters.cancelled += 1
+            outcome = "cancelled"
+            log.info("request cancelled", extra={"request_id": request_id, "reason": reason})
+        else:
+            self.counters.completed += 1
+            outcome = "completed"
+        self.metrics.observe_finish(outcome)
+
+    # ----- status -----
+
+    def status(self, now: float) -> pb.ClusterStatus:
+        out = pb.ClusterStatus(
+            policy=self.policy.name,
+            decisions_total=self.counters.decisions,
+            in_flight_requests=len(self.in_flight),
+            rejected_total=self.counters.rejected,
+        )
+        out.policy_params.update(self.policy.params)
+        for engine_id in sorted(self.records):
+            record = self.records[engine_id]
+            state = self.view.engines[engine_id]
+            entry = out.engines.add(
+                engine=record.engine,
+                drained=state.drained,
+                report_age_s=now - record.last_seen,
+                assigned_requests=record.assigned_requests,
+                assigned_tokens=record.assigned_tokens,
+                unfinished_requests=state.unfinished_requests,
+                unfinished_tokens=state.unfinished_tokens,
+                free_hbm_tokens=state.free_hbm_tokens,
+                drain_reason=record.drain_reason,
+            )
+            if record.last_report is not None:
+                entry.last_report.CopyFrom(record.last_report)
+        for name in sorted(self.view.nodes):
+            node = self.view.nodes[name]
+            out.nodes.add(
+                node=name,
+                read_queue_length=node.read_queue_length,
+                read_queue_tokens=node.read_queue_tokens,
+                read_queue_bytes=node.read_queue_bytes,
+                snic_inflight_bytes=node.snic_inflight_bytes,
+                snic_read_bytes_per_s=node.snic_read_bytes_per_s,
+            )
+        return out
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready once serving (engines register through us, so we cannot wait for them)."""
+        active = {r: self.view.count(r, active_only=True) for r in Role}
+        total = {r: self.view.count(r) for r in Role}
+        return True, (
+            f"serving; policy {self.policy.name}; prefill {active[Role.PREFILL]}/"
+            f"{total[Role.PREFILL]} active, decode {active[Role.DECODE]}/{total[Role.DECODE]} active"
+        )
+
+
+__all__ = ["ControllerError", "ControllerState"]
