@@ -1,0 +1,37 @@
+"""Names shared by the API, the CRD generator, the children builders and the operator."""
+
+from __future__ import annotations
+
+GROUP = "dualpath.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "DualPathCluster"
+PLURAL = "dualpathclusters"
+SINGULAR = "dualpathcluster"
+SHORT_NAMES = ("dpc",)
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# Server-side apply field manager: every field the operator sets is owned under this name,
+# so kubectl edits by people (other managers) are visible as conflicts we force back.
+FIELD_MANAGER = "dualpath-operator"
+
+# Labels on every child; the operator finds and watches its children by these.
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_CLUSTER = "dualpath.io/cluster"
+LABEL_ROLE = "dualpath.io/role"
+MANAGED_BY_VALUE = "dualpath-operator"
+
+# Pod-template annotation whose change rolls the pods when the resolved config changes.
+ANNOTATION_CONFIG_HASH = "dualpath.io/config-hash"
+ANNOTATION_SPEC_GENERATION = "dualpath.io/cluster-generation"
+MULTUS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
+
+CONFIG_FILE_NAME = "dualpath.json"
+CONFIG_MOUNT_DIR = "/etc/dualpath"
+TLS_MOUNT_DIR = "/etc/dualpath/tls"
+
+DEFAULT_IMAGE = "docker.io/dualpath/dualpath:0.1.0"

@@ -1,0 +1,335 @@
+"""DualPathCluster status, computed from what the children report (pure functions).
+
+Inputs: the DaemonSets' and the Deployment's own status as the API server returns them,
+the spec's problems, the network capability; output: the status object and the Events to
+post for condition transitions. A condition keeps its lastTransitionTime while its status
+stays the same, so status writes happen only when something really changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dualpath_operator.api import (
+    CONDITION_TYPES,
+    AgentsStatus,
+    Condition,
+    ControllerStatus,
+    DualPathClusterStatus,
+    RoleAgentsStatus,
+)
+
+Obj = dict[str, Any]
+MAX_MESSAGE = 1024
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One workload's observed state."""
+
+    desired: int = 0
+    ready: int = 0
+    updated: int = 0
+    available: int = 0
+    # The workload controller has seen the latest spec and every pod runs it.
+    complete: bool = False
+    exists: bool = False
+
+
+def observe_daemonset(obj: Obj | None) -> Rollout:
+    if not obj:
+        return Rollout()
+    gen = obj.get("metadata", {}).get("generation", 0)
+    st = obj.get("status") or {}
+    desired = int(st.get("desiredNumberScheduled", 0))
+    updated = int(st.get("updatedNumberScheduled", 0))
+    available = int(st.get("numberAvailable", 0))
+    return Rollout(
+        desired=desired,
+        ready=int(st.get("numberReady", 0)),
+        updated=updated,
+        available=available,
+        complete=st.get("observedGeneration", 0) >= gen
+        and updated == desired
+        and available == desired,
+        exists=True,
+    )
+
+
+def observe_deployment(obj: Obj | None) -> Rollout:
+    if not obj:
+        return Rollout()
+    gen = obj.get("metadata", {}).get("generation", 0)
+    desired = int((obj.get("spec") or {}).get("replicas", 1))
+    st = obj.get("status") or {}
+    updated = int(st.get("updatedReplicas", 0))
+    available = int(st.get("availableReplicas", 0))
+    total = int(st.get("replicas", 0))
+    return Rollout(
+        desired=desired,
+        ready=int(st.get("readyReplicas", 0)),
+        updated=updated,
+        available=available,
+        complete=st.get("observedGeneration", 0) >= gen
+        and updated == desired
+        and available == desired
+        and total == desired,
+        exists=True,
+    )
+
+
+@dataclass(frozen=True)
+class NetworkState:
+    attachments_requested: int
+    nad_supported: bool
+    applied: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything status depends on, gathered by one reconcile."""
+
+    generation: int
+    prefill: Rollout
+    decode: Rollout
+    controller: Rollout
+    network: NetworkState | None  # None: unknown (invalid spec)
+    problems: tuple[str, ...] = ()
+    apply_errors: tuple[str, ...] = ()
+    config_hash: str = ""
+    pdb_api_version: str = ""
+    controller_endpoint: str = ""
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+def _cond(type_: str, status: bool | None, reason: str, message: str) -> Condition:
+    text: Literal["True", "False", "Unknown"] = (
+        "Unknown" if status is None else ("True" if status else "False")
+    )
+    return Condition(type=type_, status=text, reason=reason, message=message[:MAX_MESSAGE])
+
+
+def role_status(rollout: Rollout) -> RoleAgentsStatus:
+    return RoleAgentsStatus(
+        desired=rollout.desired,
+        ready=rollout.ready,
+        updated=rollout.updated,
+        available=rollout.available,
+        summary=f"{rollout.ready}/{rollout.desired}",
+    )
+
+
+def network_condition(obs: Observation, previous: dict[str, Condition]) -> Condition:
+    net = obs.network
+    if net is None:
+        return previous.get("NetworkReady") or _cond(
+            "NetworkReady", None, "InvalidSpec", "the spec is invalid; network not evaluated"
+        )
+    if net.attachments_requested == 0:
+        return _cond(
+            "NetworkReady",
+            True,
+            "NoAttachments",
+            "no secondary networks requested; KV traffic uses the pod network",
+        )
+    if not net.nad_supported:
+        return _cond(
+            "NetworkReady",
+            False,
+            "NetworkAttachmentDefinitionCRDMissing",
+            f"spec.network.attachments asks for {net.attachments_requested} attachment(s), but "
+            "the cluster does not serve k8s.cni.cncf.io/v1 NetworkAttachmentDefinition: "
+            "install Multus (its CRD), or remove the attachments",
+        )
+    return _cond(
+        "NetworkReady",
+        True,
+        "AttachmentsApplied",
+        "NetworkAttachmentDefinitions applied: " + ", ".join(net.applied),
+    )
+
+
+def _agents_summary(obs: Observation) -> str:
+    p, d = obs.prefill, obs.decode
+    return f"prefill agents {p.ready}/{p.desired} ready, decode agents {d.ready}/{d.desired} ready"
+
+
+def ready_condition(obs: Observation, network: Condition) -> Condition:
+    p, d, c = obs.prefill, obs.decode, obs.controller
+    if obs.problems and not (p.exists or d.exists or c.exists):
+        return _cond("Ready", False, "InvalidSpec", "the spec is invalid; nothing was created")
+    if network.status == "False":
+        return _cond("Ready", False, "NetworkNotReady", network.message)
+    if p.desired == 0:
+        return _cond("Ready", False, "NoPrefillNodes", "no node matches spec.nodes.prefill")
+    if d.desired == 0:
+        return _cond("Ready", False, "NoDecodeNodes", "no node matches spec.nodes.decode")
+    if p.ready < p.desired or d.ready < d.desired:
+        return _cond("Ready", False, "AgentsNotReady", _agents_summary(obs))
+    if c.ready < c.desired or c.desired == 0:
+        return _cond(
+            "Ready",
+            False,
+            "ControllerNotReady",
+            f"traffic controller {c.ready}/{c.desired} replicas ready",
+        )
+    return _cond(
+        "Ready",
+        True,
+        "AllComponentsReady",
+        f"{_agents_summary(obs)}, traffic controller {c.ready}/{c.desired} ready",
+    )
+
+
+def progressing_condition(obs: Observation) -> Condition:
+    if obs.problems:
+        return _cond(
+            "Progressing",
+            False,
+            "InvalidSpec",
+            "not rolling out an invalid spec; children keep their last valid configuration",
+        )
+    pending = [
+        f"{name}: {r.updated}/{r.desired} updated, {r.available}/{r.desired} available"
+        for name, r in (
+            ("prefill agents", obs.prefill),
+            ("decode agents", obs.decode),
+            ("traffic controller", obs.controller),
+        )
+        if not r.complete
+    ]
+    if pending:
+        return _cond("Progressing", True, "RollingOut", "; ".join(pending))
+    return _cond("Progressing", False, "RolloutComplete", "every component runs the current spec")
+
+
+def degraded_condition(obs: Observation, network: Condition) -> Condition:
+    if obs.problems:
+        return _cond("Degraded", True, "InvalidSpec", "; ".join(obs.problems))
+    if obs.apply_errors:
+        return _cond("Degraded", True, "ApplyFailed", "; ".join(obs.apply_errors))
+    if network.status == "False":
+        return _cond("Degraded", True, "NetworkNotReady", network.message)
+    return _cond("Degraded", False, "AsExpected", "no problems found")
+
+
+def _with_times(
+    new: Condition, previous: dict[str, Condition], generation: int, now: str
+) -> Condition:
+    old = previous.get(new.type)
+    changed = old is None or old.status != new.status
+    return new.model_copy(
+        update={
+            "observed_generation": generation,
+            "last_transition_time": now if changed or old is None else old.last_transition_time,
+        }
+    )
+
+
+def parse_status(raw: Obj | None) -> DualPathClusterStatus:
+    try:
+        return DualPathClusterStatus.model_validate(raw or {})
+    except ValueError:
+        # Someone wrote garbage into status: start over rather than crash.
+        return DualPathClusterStatus()
+
+
+def compute_status(previous_raw: Obj | None, obs: Observation, now: str) -> DualPathClusterStatus:
+    previous = parse_status(previous_raw)
+    prev_conditions = {c.type: c for c in previous.conditions}
+    network = network_condition(obs, prev_conditions)
+    conditions = [
+        ready_condition(obs, network),
+        progressing_condition(obs),
+        degraded_condition(obs, network),
+        network,
+    ]
+    by_type = {c.type: _with_times(c, prev_conditions, obs.generation, now) for c in conditions}
+    return DualPathClusterStatus(
+        observed_generation=obs.generation,
+        conditions=[by_type[t] for t in CONDITION_TYPES],
+        agents=AgentsStatus(prefill=role_status(obs.prefill), decode=role_status(obs.decode)),
+        controller=ControllerStatus(
+            desired=obs.controller.desired,
+            ready=obs.controller.ready,
+            endpoint=obs.controller_endpoint,
+        ),
+        config_hash=obs.config_hash or previous.config_hash,
+        pdb_api_version=obs.pdb_api_version or previous.pdb_api_version,
+        network_attachments=list(obs.network.applied)
+        if obs.network
+        else previous.network_attachments,
+    )
+
+
+def _without_empty_strings(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_empty_strings(v) for k, v in value.items() if v != ""}
+    if isinstance(value, list):
+        return [_without_empty_strings(v) for v in value]
+    return value
+
+
+def status_to_json(status: DualPathClusterStatus) -> Obj:
+    # Empty strings are left out: they mean the same as absent here, and the v1.20 test
+    # API server rejects "" in custom resources as null.
+    return dict(
+        _without_empty_strings(status.model_dump(mode="json", by_alias=True, exclude_none=True))
+    )
+
+
+def status_changed(previous_raw: Obj | None, new: DualPathClusterStatus) -> bool:
+    return status_to_json(parse_status(previous_raw)) != status_to_json(new)
+
+
+# Which transitions are worth an Event, and of which type.
+_WARN_WHEN = {"Ready": "False", "Degraded": "True", "NetworkReady": "False"}
+
+
+def transition_events(previous_raw: Obj | None, new: DualPathClusterStatus) -> list[EventSpec]:
+    """Events for conditions whose status changed (or, for a bad condition, whose reason or
+    message changed: a different invalid spec deserves a new warning)."""
+    prev = {c.type: c for c in parse_status(previous_raw).conditions}
+    events = []
+    for cond in new.conditions:
+        old = prev.get(cond.type)
+        bad = _WARN_WHEN.get(cond.type) == cond.status
+        same_status = old is not None and old.status == cond.status
+        same_text = old is not None and (old.reason, old.message) == (cond.reason, cond.message)
+        if same_status and (not bad or same_text):
+            continue
+        if old is None and not bad and cond.type != "Ready":
+            continue  # the first reconcile: only Ready and problems are news
+        if cond.type == "Progressing" and cond.status == "False" and cond.reason == "InvalidSpec":
+            continue  # the Degraded warning says it
+        reason = cond.reason if bad or cond.type != "Degraded" else "Recovered"
+        events.append(EventSpec("Warning" if bad else "Normal", reason, cond.message))
+    return events
+
+
+@dataclass
+class ChildChanges:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    def any(self) -> bool:
+        return bool(self.created or self.updated or self.deleted)
+
+    def message(self) -> str:
+        parts = []
+        for verb, names in (
+            ("created", self.created),
+            ("updated", self.updated),
+            ("deleted", self.deleted),
+        ):
+            if names:
+                parts.append(f"{verb} {', '.join(names)}")
+        return "; ".join(parts)[:MAX_MESSAGE]

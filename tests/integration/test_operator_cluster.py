@@ -1,0 +1,878 @@
+"""The operator against a real API server + controller-manager (v1.20 here).
+
+The operator runs as a real subprocess (`dualpath operator`), stopped by pid. There are no
+kubelets in this tier: pods are made Ready the way a scheduler and a kubelet would do it
+(a Binding, then a pod status update) on fake Node objects, and the real DaemonSet and
+Deployment controllers turn that into their own status, which the operator must follow.
+
+The tests in this module share one operator and one namespace and run in file order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from dualpath_operator.api import DualPathClusterSpec
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "manifests" / "crds" / "dualpath.io_dualpathclusters.yaml"
+SAMPLES = REPO / "manifests" / "samples"
+GROUP, VERSION, PLURAL = "dualpath.io", "v1alpha1", "dualpathclusters"
+FAKE_TAINT = {"key": "dualpath.io/test-node", "value": "true", "effect": "NoSchedule"}
+T = TypeVar("T")
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def wait_for(fn: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.2) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except ApiException as exc:
+            last = exc
+            if exc.status not in (404, 409):
+                raise
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    """`dualpath operator` as a subprocess with its own metrics port and log file."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path, name: str) -> None:
+        self.port = free_port()
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        argv = [
+            str(REPO / ".venv" / "bin" / "dualpath"),
+            "operator",
+            "--namespace",
+            namespace,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(self.port),
+            "--identity",
+            name,
+            "--lease-namespace",
+            namespace,
+            "--lease-duration",
+            "4",
+            "--renew-deadline",
+            "3",
+            "--retry-period",
+            "0.5",
+            "--resync-seconds",
+            "120",
+            "--discovery-ttl",
+            "120",
+        ]
+        self.proc = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError as exc:
+            return 0, str(exc)
+
+    def readyz(self) -> str:
+        return self.get("/readyz")[1]
+
+    def metric(self, name: str, labels: str = "") -> float:
+        text = self.get("/metrics")[1]
+        prefix = f"{name}{{{labels}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(prefix + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+def install_crd(ext: client.ApiextensionsV1Api, body: dict[str, Any]) -> None:
+    name = body["metadata"]["name"]
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(name)
+        body = {
+            **body,
+            "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version},
+        }
+        ext.replace_custom_resource_definition(name, body)
+
+    def established() -> bool:
+        crd = ext.read_custom_resource_definition(name)
+        return any(
+            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
+        )
+
+    wait_for(established, f"CRD {name} established")
+
+
+def simple_crd(group: str, plural: str, kind: str) -> dict[str, Any]:
+    """A minimal stand-in for an add-on's CRD (Multus, Prometheus Operator)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+class Cluster:
+    """Test-side access to the API server for one namespace."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, tag: str) -> None:
+        self.api = api
+        self.ns = namespace
+        self.tag = tag  # makes node labels unique to this module's run
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.co = client.CustomObjectsApi(api)
+
+    def raw(self, obj: Any) -> dict[str, Any]:
+        return dict(self.api.sanitize_for_serialization(obj))
+
+    # DualPathClusters
+    def body(self, name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        base = {
+            "storage": {"model": {"preset": "tiny-test"}},
+            "nodes": {
+                "prefill": {
+                    "nodeSelector": {"dualpath.io/test-pool": f"{self.tag}-prefill"},
+                    "tolerations": [{"key": FAKE_TAINT["key"], "operator": "Exists"}],
+                },
+                "decode": {
+                    "nodeSelector": {"dualpath.io/test-pool": f"{self.tag}-decode"},
+                    "tolerations": [{"key": FAKE_TAINT["key"], "operator": "Exists"}],
+                },
+            },
+        }
+        base.update(spec or {})
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "DualPathCluster",
+            "metadata": {"name": name},
+            "spec": base,
+        }
+
+    def create(self, name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        return dict(
+            self.co.create_namespaced_custom_object(
+                GROUP, VERSION, self.ns, PLURAL, self.body(name, spec)
+            )
+        )
+
+    def get(self, name: str) -> dict[str, Any]:
+        return dict(self.co.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name))
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return dict(
+            self.co.patch_namespaced_custom_object(
+                GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec}
+            )
+        )
+
+    def conditions(self, name: str) -> dict[str, dict[str, Any]]:
+        status = self.get(name).get("status") or {}
+        return {c["type"]: c for c in status.get("conditions", [])}
+
+    def wait_condition(
+        self, name: str, ctype: str, status: str, reason: str | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            cr = self.get(name)
+            cond = {c["type"]: c for c in (cr.get("status") or {}).get("conditions", [])}.get(ctype)
+            gen_ok = (cr.get("status") or {}).get("observedGeneration") == cr["metadata"][
+                "generation"
+            ]
+            if (
+                cond
+                and gen_ok
+                and cond["status"] == status
+                and (reason is None or cond["reason"] == reason)
+            ):
+                return cond
+            return None
+
+        return wait_for(check, f"{name} {ctype}={status} ({reason})", timeout)
+
+    def events(self, name: str) -> list[tuple[str, str, str]]:
+        items = self.core.list_namespaced_event(
+            self.ns,
+            field_selector=f"involvedObject.name={name},involvedObject.kind=DualPathCluster",
+        ).items
+        return [(e.type, e.reason, e.message) for e in items]
+
+    # children
+    def daemonset(self, name: str) -> dict[str, Any]:
+        return self.raw(self.apps.read_namespaced_daemon_set(name, self.ns))
+
+    def children(self, cluster: str) -> dict[str, str]:
+        """kind/name -> uid of every object carrying this cluster's label."""
+        selector = f"dualpath.io/cluster={cluster}"
+        found = {}
+        listers = {
+            "ConfigMap": self.core.list_namespaced_config_map,
+            "Service": self.core.list_namespaced_service,
+            "ServiceAccount": self.core.list_namespaced_service_account,
+            "DaemonSet": self.apps.list_namespaced_daemon_set,
+            "Deployment": self.apps.list_namespaced_deployment,
+            "Role": client.RbacAuthorizationV1Api(self.api).list_namespaced_role,
+            "RoleBinding": client.RbacAuthorizationV1Api(self.api).list_namespaced_role_binding,
+        }
+        for kind, lister in listers.items():
+            for item in lister(self.ns, label_selector=selector).items:
+                found[f"{kind}/{item.metadata.name}"] = item.metadata.uid
+        # policy/v1beta1 (the v1.20 server's only PDB version) is gone from the typed client.
+        pdbs = self.co.list_namespaced_custom_object(
+            "policy", "v1beta1", self.ns, "poddisruptionbudgets", label_selector=selector
+        )
+        for item in pdbs["items"]:
+            found[f"PodDisruptionBudget/{item['metadata']['name']}"] = item["metadata"]["uid"]
+        return found
+
+    # fake nodes and kubelets
+    def create_node(self, name: str, pool: str) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": {"dualpath.io/test-pool": pool, "kubernetes.io/hostname": name},
+            },
+            "spec": {"taints": [FAKE_TAINT]},
+        }
+        self.core.create_node(body)
+        self.heartbeat(name)
+
+    def heartbeat(self, name: str) -> None:
+        t = now()
+        ready = {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "test node",
+            "lastHeartbeatTime": t,
+            "lastTransitionTime": t,
+        }
+        capacity = {"cpu": "8", "memory": "32Gi", "pods": "110"}
+        self.core.patch_node_status(
+            name, {"status": {"conditions": [ready], "capacity": capacity, "allocatable": capacity}}
+        )
+
+    def run_pods(self, ready: bool = True, node_for_unbound: str | None = None) -> int:
+        """Bind pending pods (the scheduler's job) and set their Ready condition (the
+        kubelet's). Returns how many pods were touched."""
+        touched = 0
+        for pod in self.core.list_namespaced_pod(self.ns).items:
+            if pod.metadata.deletion_timestamp:
+                continue
+            node = pod.spec.node_name
+            if not node:
+                node = _affinity_node(pod) or node_for_unbound
+                if not node:
+                    continue
+                binding = {
+                    "apiVersion": "v1",
+                    "kind": "Binding",
+                    "metadata": {"name": pod.metadata.name},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+                }
+                self.core.create_namespaced_binding(self.ns, binding, _preload_content=False)
+            flag = "True" if ready else "False"
+            t = now()
+            self.core.patch_namespaced_pod_status(
+                pod.metadata.name,
+                self.ns,
+                {
+                    "status": {
+                        "phase": "Running",
+                        "startTime": t,
+                        "podIP": "10.250.0.1",
+                        "conditions": [
+                            {"type": c, "status": flag, "lastTransitionTime": t}
+                            for c in ("Ready", "ContainersReady")
+                        ]
+                        + [{"type": "PodScheduled", "status": "True", "lastTransitionTime": t}],
+                    }
+                },
+            )
+            touched += 1
+        return touched
+
+
+def _affinity_node(pod: Any) -> str | None:
+    """DaemonSet pods name their node in a required node affinity on metadata.name."""
+    affinity = pod.spec.affinity
+    if not affinity or not affinity.node_affinity:
+        return None
+    required = affinity.node_affinity.required_during_scheduling_ignored_during_execution
+    for term in required.node_selector_terms if required else []:
+        for field in term.match_fields or []:
+            if field.key == "metadata.name" and field.values:
+                return str(field.values[0])
+    return None
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+
+def least_privilege_kubeconfig(api: client.ApiClient, admin: Path, ns: str, out: Path) -> Path:
+    """A kubeconfig for a ServiceAccount bound to exactly OPERATOR_RULES (the rules the
+    chart grants), so the tests prove the operator needs nothing more."""
+    from dualpath_operator.permissions import OPERATOR_RULES
+
+    core, rbac_api = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    name = f"dualpath-operator-{ns}"
+    core.create_namespaced_service_account(
+        ns, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator"}}
+    )
+    rbac_api.create_cluster_role(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": OPERATOR_RULES,
+        }
+    )
+    rbac_api.create_cluster_role_binding(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": name,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}],
+        }
+    )
+
+    def token() -> str | None:
+        sa = core.read_namespaced_service_account("operator", ns)
+        for ref in sa.secrets or []:
+            secret = core.read_namespaced_secret(ref.name, ns)
+            if secret.data and secret.data.get("token"):
+                import base64
+
+                return base64.b64decode(secret.data["token"]).decode()
+        return None
+
+    admin_cfg = yaml.safe_load(admin.read_text())
+    admin_cfg["users"] = [{"name": "operator", "user": {"token": wait_for(token, "SA token")}}]
+    admin_cfg["contexts"][0]["context"]["user"] = "operator"
+    out.write_text(yaml.safe_dump(admin_cfg))
+    return out
+
+
+@pytest.fixture(scope="module")
+def env(kube, tmp_path_factory) -> Iterator[tuple[Cluster, OperatorProcess]]:
+    api = kube.api_client()
+    ext = client.ApiextensionsV1Api(api)
+    install_crd(ext, yaml.safe_load(CRD_FILE.read_text()))
+    ns = f"op-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    cluster = Cluster(api, ns, tag=ns)
+    log_dir = tmp_path_factory.mktemp("operator-logs")
+    kubeconfig = least_privilege_kubeconfig(api, kube.kubeconfig, ns, log_dir / "kubeconfig")
+    cluster.operator_kubeconfig = kubeconfig  # type: ignore[attr-defined]
+    op = OperatorProcess(kubeconfig, ns, log_dir, "op-a")
+    extra: list[OperatorProcess] = []
+    cluster.extra_operators = extra  # type: ignore[attr-defined]
+    nodes: list[str] = []
+    cluster.nodes = nodes  # type: ignore[attr-defined]
+    try:
+        wait_for(lambda: "leader" in op.readyz(), "operator leader and ready", timeout=60)
+        yield cluster, op
+    finally:
+        for proc in [op, *extra]:
+            rc = proc.stop()
+            if os.environ.get("DUALPATH_TEST_VERBOSE") or rc not in (0, -signal.SIGTERM):
+                print(f"--- {proc.log_path.name} (rc={rc})\n{proc.log_tail()}")
+        for node in nodes:
+            with contextlib.suppress(ApiException):
+                core.delete_node(node)
+        rbac_api = client.RbacAuthorizationV1Api(api)
+        with contextlib.suppress(ApiException):
+            rbac_api.delete_cluster_role_binding(f"dualpath-operator-{ns}")
+        with contextlib.suppress(ApiException):
+            rbac_api.delete_cluster_role(f"dualpath-operator-{ns}")
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(ns)
+
+
+# --- schema: accepted and rejected objects -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sample", sorted(SAMPLES.glob("dualpathcluster-*.yaml")), ids=lambda p: p.name
+)
+def test_samples_are_accepted_and_defaulted_like_the_models(env, sample):
+    cluster, _ = env
+    body = yaml.safe_load(sample.read_text())
+    stored = cluster.co.create_namespaced_custom_object(
+        GROUP, VERSION, cluster.ns, PLURAL, body, dry_run="All"
+    )
+    expected = DualPathClusterSpec.model_validate(body["spec"]).model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    assert stored["spec"] == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"storage": {"model": {"preset": "gpt-5"}}}, "spec.storage.model.preset"),
+        (
+            {"storage": {"model": {"preset": "tiny-test"}, "blockTokens": 0}},
+            "spec.storage.blockTokens",
+        ),
+        (
+            {"storage": {"model": {"preset": "tiny-test"}, "capacity": "lots"}},
+            "spec.storage.capacity",
+        ),
+        (
+            {
+                "storage": {"model": {"preset": "tiny-test"}},
+                "network": {"qos": [{"name": "kv", "purpose": "kvCache", "dscp": 64}]},
+            },
+            "spec.network.qos.dscp",
+        ),
+        (
+            {
+                "storage": {"model": {"preset": "tiny-test"}},
+                "trafficController": {"policy": "fastest"},
+            },
+            "spec.trafficController.policy",
+        ),
+        ({"network": {}}, "spec.storage"),
+        (
+            {
+                "storage": {"model": {"preset": "tiny-test"}},
+                "nodes": {"prefill": {"gpusPerNode": 0}},
+            },
+            "spec.nodes.prefill.gpusPerNode",
+        ),
+    ],
+)
+def test_malformed_specs_are_rejected_naming_the_field(env, spec, field):
+    cluster, _ = env
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "DualPathCluster",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    }
+    with pytest.raises(ApiException) as err:
+        cluster.co.create_namespaced_custom_object(GROUP, VERSION, cluster.ns, PLURAL, body)
+    assert err.value.status == 422
+    assert field in err.value.body
+
+
+# --- lifecycle -------------------------------------------------------------------------------
+
+EXPECTED_CHILDREN = {
+    "ConfigMap/alpha-config",
+    "ConfigMap/alpha-qos-env",
+    "Service/alpha-controller",
+    "Service/alpha-agents",
+    "ServiceAccount/alpha-agent",
+    "ServiceAccount/alpha-controller",
+    "DaemonSet/alpha-prefill-agent",
+    "DaemonSet/alpha-decode-agent",
+    "Deployment/alpha-controller",
+    "Role/alpha-controller",
+    "RoleBinding/alpha-controller",
+    "PodDisruptionBudget/alpha-controller",
+}
+
+
+def test_create_builds_every_child(env):
+    cluster, _ = env
+    cluster.create("alpha")
+
+    def all_children() -> dict[str, str] | None:
+        found = cluster.children("alpha")
+        return found if set(found) >= EXPECTED_CHILDREN else None
+
+    children = wait_for(all_children, "all children of alpha")
+    assert set(children) == EXPECTED_CHILDREN
+    cond = cluster.wait_condition("alpha", "Ready", "False", "NoPrefillNodes")
+    assert cond["observedGeneration"] == 1
+    status = cluster.get("alpha")["status"]
+    assert status["pdbApiVersion"] == "policy/v1beta1"  # v1.20: discovery picked v1beta1
+    assert status["controller"]["endpoint"] == f"alpha-controller.{cluster.ns}.svc:50051"
+
+    ds = cluster.daemonset("alpha-prefill-agent")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"dualpath.io/test-pool": f"{cluster.tag}-prefill"}
+    container = pod["containers"][0]
+    assert container["args"][:5] == ["agent", "--node", "$(NODE_NAME)", "--role", "prefill"]
+    assert container["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"]
+    env_vars = {e["name"]: e.get("value") for e in container["env"]}
+    assert env_vars["UCX_IB_TRAFFIC_CLASS"] == "40" and env_vars["NCCL_IB_TC"] == "104"
+    owner = ds["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("DualPathCluster", "alpha", True)
+    managers = {m["manager"] for m in ds["metadata"]["managedFields"]}
+    assert "dualpath-operator" in managers  # server-side apply, our field manager
+
+    config = json.loads(
+        cluster.core.read_namespaced_config_map("alpha-config", cluster.ns).data["dualpath.json"]
+    )
+    assert config["model"]["kvBytesPerToken"] == 4 * 1024
+    assert config["trafficController"]["address"] == status["controller"]["endpoint"]
+    reasons = [r for _, r, _ in cluster.events("alpha")]
+    assert "ChildrenApplied" in reasons
+
+
+def test_status_follows_daemonset_and_deployment_status(env):
+    cluster, _ = env
+    for role in ("prefill", "decode"):
+        name = f"{cluster.tag}-{role}-1"
+        cluster.create_node(name, f"{cluster.tag}-{role}")
+        cluster.nodes.append(name)  # type: ignore[attr-defined]
+    wait_for(
+        lambda: (
+            cluster.daemonset("alpha-prefill-agent").get("status", {}).get("desiredNumberScheduled")
+            == 1
+            and cluster.daemonset("alpha-decode-agent")
+            .get("status", {})
+            .get("desiredNumberScheduled")
+            == 1
+        ),
+        "DaemonSet controller placing agents on the test nodes",
+    )
+    cluster.wait_condition("alpha", "Ready", "False", "AgentsNotReady")
+    # Agents and controller start: the DaemonSet/Deployment controllers update their status.
+    wait_for(lambda: cluster.run_pods(node_for_unbound=cluster.nodes[0]) >= 3, "three pods to run")  # type: ignore[attr-defined]
+    cond = cluster.wait_condition("alpha", "Ready", "True", "AllComponentsReady")
+    assert "prefill agents 1/1 ready" in cond["message"]
+    status = cluster.get("alpha")["status"]
+    assert status["agents"]["prefill"]["summary"] == "1/1"
+    assert status["agents"]["decode"]["ready"] == 1
+    assert status["controller"]["ready"] == 1
+    assert cluster.conditions("alpha")["Progressing"]["status"] == "False"
+    assert ("Normal", "AllComponentsReady") in [(t, r) for t, r, _ in cluster.events("alpha")]
+    # An agent turns unready: the cluster follows.
+    for node in cluster.nodes:  # type: ignore[attr-defined]
+        cluster.heartbeat(node)
+    cluster.run_pods(ready=False)
+    cluster.wait_condition("alpha", "Ready", "False", "AgentsNotReady")
+    assert ("Warning", "AgentsNotReady") in [(t, r) for t, r, _ in cluster.events("alpha")]
+
+
+def test_spec_change_updates_children_and_rolls_agents(env):
+    cluster, _ = env
+    before = cluster.daemonset("alpha-prefill-agent")
+    old_hash = before["spec"]["template"]["metadata"]["annotations"]["dualpath.io/config-hash"]
+    cluster.patch_spec(
+        "alpha",
+        {"trafficController": {"policy": "dualpath-split", "parameters": {"alphaSeconds": 4}}},
+    )
+
+    def rolled() -> dict[str, Any] | None:
+        ds = cluster.daemonset("alpha-prefill-agent")
+        new = ds["spec"]["template"]["metadata"]["annotations"]["dualpath.io/config-hash"]
+        return ds if new != old_hash else None
+
+    after = wait_for(rolled, "agents' pod template to change")
+    assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
+    config = json.loads(
+        cluster.core.read_namespaced_config_map("alpha-config", cluster.ns).data["dualpath.json"]
+    )
+    assert config["trafficController"]["policy"] == "dualpath-split"
+    assert config["trafficController"]["parameters"]["alphaSeconds"] == 4
+    dep = cluster.raw(cluster.apps.read_namespaced_deployment("alpha-controller", cluster.ns))
+    assert dep["spec"]["template"]["metadata"]["annotations"]["dualpath.io/config-hash"] != old_hash
+    cr = cluster.get("alpha")
+    wait_for(
+        lambda: (
+            cluster.get("alpha")["status"]["observedGeneration"] == cr["metadata"]["generation"]
+        ),
+        "status of generation 2",
+    )
+    assert (
+        cluster.get("alpha")["status"]["configHash"]
+        != before["spec"]["template"]["metadata"]["annotations"]["dualpath.io/config-hash"]
+    )
+
+
+def test_deleted_or_edited_children_are_restored_without_fighting_others(env):
+    cluster, _ = env
+    uid = cluster.daemonset("alpha-decode-agent")["metadata"]["uid"]
+    cluster.apps.delete_namespaced_daemon_set("alpha-decode-agent", cluster.ns)
+    wait_for(
+        lambda: cluster.children("alpha").get("DaemonSet/alpha-decode-agent") not in (None, uid),
+        "deleted DaemonSet to come back",
+    )
+    good = cluster.core.read_namespaced_config_map("alpha-config", cluster.ns).data["dualpath.json"]
+    cluster.core.patch_namespaced_config_map(
+        "alpha-config", cluster.ns, {"data": {"dualpath.json": "edited"}}
+    )
+    wait_for(
+        lambda: (
+            cluster.core.read_namespaced_config_map("alpha-config", cluster.ns).data[
+                "dualpath.json"
+            ]
+            == good
+        ),
+        "edited ConfigMap to be restored",
+    )
+    # Another writer renumbers a port: the key of the ports list-map changes under us.
+    renumber = [{"op": "replace", "path": "/spec/ports/0/port", "value": 51051}]
+    cluster.core.patch_namespaced_service("alpha-controller", cluster.ns, renumber)
+    wait_for(
+        lambda: (
+            sorted(
+                p.port
+                for p in cluster.core.read_namespaced_service(
+                    "alpha-controller", cluster.ns
+                ).spec.ports
+            )
+            == [9100, 50051]
+        ),
+        "edited Service ports to be restored",
+    )
+    # A field the operator does not own (another manager's annotation) is left alone.
+    cluster.apps.patch_namespaced_daemon_set(
+        "alpha-prefill-agent",
+        cluster.ns,
+        {"metadata": {"annotations": {"team.example.com/owner": "infra"}}},
+    )
+    time.sleep(1.0)
+    assert (
+        cluster.daemonset("alpha-prefill-agent")["metadata"]["annotations"][
+            "team.example.com/owner"
+        ]
+        == "infra"
+    )
+    assert "DriftCorrected" in [r for _, r, _ in cluster.events("alpha")]
+
+
+def test_invalid_spec_is_degraded_and_children_stay_untouched(env):
+    cluster, _ = env
+    before = {
+        k: cluster.daemonset(f"alpha-{k}-agent")["metadata"]["resourceVersion"]
+        for k in ("prefill", "decode")
+    }
+    cm_before = cluster.core.read_namespaced_config_map(
+        "alpha-config", cluster.ns
+    ).metadata.resource_version
+    bad_qos = [
+        {"name": "kv", "purpose": "kvCache", "dscp": 10, "priority": 1},
+        {"name": "coll", "purpose": "collectives", "dscp": 10, "priority": 3, "serviceLevel": 1},
+    ]
+    cluster.patch_spec("alpha", {"network": {"qos": bad_qos}, "agent": {"logLevel": "debug"}})
+    cond = cluster.wait_condition("alpha", "Degraded", "True", "InvalidSpec")
+    assert "spec.network.qos[1].dscp" in cond["message"]
+    assert cluster.conditions("alpha")["Progressing"]["reason"] == "InvalidSpec"
+    time.sleep(1.0)
+    after = {
+        k: cluster.daemonset(f"alpha-{k}-agent")["metadata"]["resourceVersion"]
+        for k in ("prefill", "decode")
+    }
+    assert after == before
+    assert (
+        cluster.core.read_namespaced_config_map(
+            "alpha-config", cluster.ns
+        ).metadata.resource_version
+        == cm_before
+    )
+    assert ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in cluster.events("alpha")]
+    # Fixing the spec recovers.
+    fixed = [dict(bad_qos[0]), {**bad_qos[1], "dscp": 26}]
+    cluster.patch_spec("alpha", {"network": {"qos": fixed}})
+    cluster.wait_condition("alpha", "Degraded", "False", "AsExpected")
+    ds = cluster.daemonset("alpha-prefill-agent")
+    env_vars = {
+        e["name"]: e.get("value") for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env_vars["DUALPATH_LOG_LEVEL"] == "debug"
+
+
+def test_network_attachments_follow_the_multus_crd(env):
+    cluster, _ = env
+    attachments = {
+        "attachments": [
+            {
+                "name": "rdma0",
+                "master": "eth9",
+                "ipam": {"range": "192.168.50.0/24"},
+                "rdmaResource": "rdma/hca",
+            }
+        ]
+    }
+    cluster.create("beta", {"network": attachments})
+    cond = cluster.wait_condition(
+        "beta", "NetworkReady", "False", "NetworkAttachmentDefinitionCRDMissing"
+    )
+    assert "Multus" in cond["message"]
+    assert cluster.conditions("beta")["Degraded"]["reason"] == "NetworkNotReady"
+    ext = client.ApiextensionsV1Api(cluster.api)
+    nad_crd = simple_crd(
+        "k8s.cni.cncf.io", "network-attachment-definitions", "NetworkAttachmentDefinition"
+    )
+    sm_crd = simple_crd("monitoring.coreos.com", "servicemonitors", "ServiceMonitor")
+    install_crd(ext, nad_crd)
+    install_crd(ext, sm_crd)
+    try:
+        cluster.wait_condition("beta", "NetworkReady", "True", "AttachmentsApplied")
+        nad = cluster.co.get_namespaced_custom_object(
+            "k8s.cni.cncf.io", "v1", cluster.ns, "network-attachment-definitions", "beta-rdma0"
+        )
+        assert json.loads(nad["spec"]["config"])["master"] == "eth9"
+        ds = cluster.daemonset("beta-prefill-agent")
+        networks = json.loads(
+            ds["spec"]["template"]["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"]
+        )
+        assert networks[0]["name"] == "beta-rdma0"
+        limits = ds["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits == {"rdma/hca": "1"}
+        # ServiceMonitor: created when asked (CRD present), pruned when no longer asked.
+        cluster.patch_spec("beta", {"monitoring": {"serviceMonitor": True}})
+        wait_for(
+            lambda: cluster.co.get_namespaced_custom_object(
+                "monitoring.coreos.com", "v1", cluster.ns, "servicemonitors", "beta"
+            ),
+            "ServiceMonitor beta",
+        )
+        cluster.patch_spec(
+            "beta", {"monitoring": {"serviceMonitor": False}, "network": {"attachments": []}}
+        )
+
+        def pruned() -> bool:
+            sms = cluster.co.list_namespaced_custom_object(
+                "monitoring.coreos.com", "v1", cluster.ns, "servicemonitors"
+            )
+            nads = cluster.co.list_namespaced_custom_object(
+                "k8s.cni.cncf.io", "v1", cluster.ns, "network-attachment-definitions"
+            )
+            return not sms["items"] and not nads["items"]
+
+        wait_for(pruned, "ServiceMonitor and NetworkAttachmentDefinition to be pruned")
+        cluster.wait_condition("beta", "NetworkReady", "True", "NoAttachments")
+    finally:
+        for crd in (nad_crd, sm_crd):
+            with contextlib.suppress(ApiException):
+                ext.delete_custom_resource_definition(crd["metadata"]["name"])
+
+
+def test_deleting_the_cluster_garbage_collects_children(env):
+    cluster, _ = env
+    assert cluster.children("beta")
+    cluster.co.delete_namespaced_custom_object(GROUP, VERSION, cluster.ns, PLURAL, "beta")
+    wait_for(
+        lambda: not cluster.children("beta"), "children of beta to be garbage-collected", timeout=60
+    )
+
+
+def test_metrics_count_reconciles_and_nothing_loops(env):
+    _, op = env
+    ok = op.metric("dualpath_operator_handler_calls_total", 'handler="reconcile"')
+    assert ok > 0
+    assert (
+        op.metric("dualpath_operator_handler_duration_seconds_count", 'handler="reconcile"') == ok
+    )
+    assert op.metric("dualpath_operator_leader") == 1
+    # Quiet world, quiet operator: no reconcile without a change (no hot loop).
+    time.sleep(1.0)
+    settled = op.metric("dualpath_operator_handler_calls_total", 'handler="reconcile"')
+    time.sleep(2.0)
+    assert op.metric("dualpath_operator_handler_calls_total", 'handler="reconcile"') == settled
+    assert op.metric("dualpath_operator_throttled_total") == 0
+
+
+def test_a_standby_replica_takes_over_when_the_leader_stops(env, tmp_path):
+    cluster, op = env
+    standby = OperatorProcess(cluster.operator_kubeconfig, cluster.ns, tmp_path, "op-b")  # type: ignore[attr-defined]
+    cluster.extra_operators.append(standby)  # type: ignore[attr-defined]
+    wait_for(
+        lambda: "standby (leader: op-a)" in standby.readyz(),
+        "second replica on standby",
+        timeout=60,
+    )
+    assert standby.metric("dualpath_operator_leader") == 0
+    assert op.stop() == 0  # clean shutdown hands the lease over
+    wait_for(
+        lambda: "leader" in standby.readyz() and "standby" not in standby.readyz(),
+        "standby to lead",
+    )
+    cluster.create("gamma")
+    wait_for(
+        lambda: "DaemonSet/gamma-prefill-agent" in cluster.children("gamma"),
+        "new leader reconciling",
+    )
