@@ -64,6 +64,11 @@ class AgentStub:
                 request_serializer=dualpath_dot_v1_dot_agent__pb2.ServeLayersRequest.SerializeToString,
                 response_deserializer=dualpath_dot_v1_dot_agent__pb2.ServeLayersProgress.FromString,
                 _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/dualpath.v1.Agent/Commit',
+                request_serializer=dualpath_dot_v1_dot_agent__pb2.CommitRequest.SerializeToString,
+                response_deserializer=dualpath_dot_v1_dot_agent__pb2.CommitResponse.FromString,
+                _registered_method=True)
         self.Merge = channel.unary_unary(
                 '/dualpath.v1.Agent/Merge',
                 request_serializer=dualpath_dot_v1_dot_agent__pb2.MergeRequest.SerializeToString,
@@ -83,6 +88,11 @@ class AgentStub:
                 '/dualpath.v1.Agent/ReadBlock',
                 request_serializer=dualpath_dot_v1_dot_agent__pb2.ReadBlockRequest.SerializeToString,
                 response_deserializer=dualpath_dot_v1_dot_agent__pb2.ReadBlockChunk.FromString,
+                _registered_method=True)
+        self.ReadRegion = channel.unary_stream(
+                '/dualpath.v1.Agent/ReadRegion',
+                request_serializer=dualpath_dot_v1_dot_agent__pb2.ReadRegionRequest.SerializeToString,
+                response_deserializer=dualpath_dot_v1_dot_agent__pb2.ReadRegionChunk.FromString,
                 _registered_method=True)
 
 
@@ -125,6 +135,12 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Commit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Merge(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -144,6 +160,12 @@ class AgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReadBlock(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadRegion(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,6 +204,11 @@ def add_AgentServicer_to_server(servicer, server):
                     request_deserializer=dualpath_dot_v1_dot_agent__pb2.ServeLayersRequest.FromString,
                     response_serializer=dualpath_dot_v1_dot_agent__pb2.ServeLayersProgress.SerializeToString,
             ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=dualpath_dot_v1_dot_agent__pb2.CommitRequest.FromString,
+                    response_serializer=dualpath_dot_v1_dot_agent__pb2.CommitResponse.SerializeToString,
+            ),
             'Merge': grpc.unary_unary_rpc_method_handler(
                     servicer.Merge,
                     request_deserializer=dualpath_dot_v1_dot_agent__pb2.MergeRequest.FromString,
@@ -201,6 +228,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ReadBlock,
                     request_deserializer=dualpath_dot_v1_dot_agent__pb2.ReadBlockRequest.FromString,
                     response_serializer=dualpath_dot_v1_dot_agent__pb2.ReadBlockChunk.SerializeToString,
+            ),
+            'ReadRegion': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadRegion,
+                    request_deserializer=dualpath_dot_v1_dot_agent__pb2.ReadRegionRequest.FromString,
+                    response_serializer=dualpath_dot_v1_dot_agent__pb2.ReadRegionChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -376,6 +408,33 @@ class Agent:
             _registered_method=True)
 
     @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dualpath.v1.Agent/Commit',
+            dualpath_dot_v1_dot_agent__pb2.CommitRequest.SerializeToString,
+            dualpath_dot_v1_dot_agent__pb2.CommitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Merge(request,
             target,
             options=(),
@@ -473,6 +532,33 @@ class Agent:
             '/dualpath.v1.Agent/ReadBlock',
             dualpath_dot_v1_dot_agent__pb2.ReadBlockRequest.SerializeToString,
             dualpath_dot_v1_dot_agent__pb2.ReadBlockChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dualpath.v1.Agent/ReadRegion',
+            dualpath_dot_v1_dot_agent__pb2.ReadRegionRequest.SerializeToString,
+            dualpath_dot_v1_dot_agent__pb2.ReadRegionChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,131 @@
+"""Reports the node's storage read queue to the traffic controller (optional).
+
+The agent registers the engines of its node (given with --engine) and sends a LoadReport
+for each at the interval the controller asks for. The read queue (read_q), its bytes and
+tokens, and the SNIC bytes in flight are node facts the agent owns. Engine facts (seq_e,
+tok_e, free HBM) belong to the engines: a caller that emulates engines (the demo) passes
+`engine_load` to supply them; without it they are reported as 0 requests and full HBM.
+A FAILED_PRECONDITION answer (controller restarted, engine unknown) makes it register again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from dualpath.v1 import traffic_controller_pb2 as tc
+from dualpath.v1 import traffic_controller_pb2_grpc as tc_grpc
+
+log = logging.getLogger(__name__)
+
+# engine id -> (unfinished_requests, unfinished_tokens, free_hbm_tokens)
+EngineLoadFn = Callable[[str], tuple[int, int, int]]
+
+
+class LoadReporter:
+    def __init__(
+        self,
+        agent: Any,
+        controller: str,
+        engine_ids: Sequence[str],
+        hbm_tokens: int,
+        engine_load: EngineLoadFn | None = None,
+    ) -> None:
+        self.agent = agent
+        self.core = agent.core
+        self.controller = controller
+        self.engine_ids = list(engine_ids) or [f"{self.core.config.node}/engine0"]
+        self.hbm_tokens = hbm_tokens
+        self.engine_load = engine_load or (lambda _id: (0, 0, hbm_tokens))
+        self._channel = grpc.insecure_channel(controller)
+        self._stub = tc_grpc.TrafficControllerStub(self._channel)
+        # Monotonic across restarts of this agent: start from the wall clock.
+        self._seq = itertools.count(time.time_ns() // 1000)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="reporter")
+        self.interval_s = 0.5
+        self.reports_sent = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for engine_id in self.engine_ids:
+            with contextlib.suppress(grpc.RpcError):
+                self._stub.DeregisterEngine(
+                    tc.DeregisterEngineRequest(engine_id=engine_id), timeout=2
+                )
+        self._channel.close()
+
+    def _register(self) -> None:
+        role = (
+            tc.EngineRole.ENGINE_ROLE_PREFILL
+            if self.core.config.role == "prefill"
+            else tc.EngineRole.ENGINE_ROLE_DECODE
+        )
+        for engine_id in self.engine_ids:
+            reply = self._stub.RegisterEngine(
+                tc.RegisterEngineRequest(
+                    engine=tc.Engine(
+                        engine_id=engine_id,
+                        role=role,
+                        node=self.core.config.node,
+                        hbm_capacity_tokens=self.hbm_tokens,
+                        agent_endpoint=self.agent.endpoint,
+                        snic_read_bytes_per_s=self.core.bucket.bytes_per_s,
+                    )
+                ),
+                timeout=5,
+            )
+            if reply.report_interval_ms:
+                self.interval_s = reply.report_interval_ms / 1000
+        log.info(
+            "engines registered", extra={"controller": self.controller, "engines": self.engine_ids}
+        )
+
+    def report_once(self) -> None:
+        q = self.core.read_queue.snapshot()
+        for engine_id in self.engine_ids:
+            requests, tokens, free_hbm = self.engine_load(engine_id)
+            self._stub.ReportLoad(
+                tc.LoadReport(
+                    engine_id=engine_id,
+                    report_seq=next(self._seq),
+                    unfinished_requests=requests,
+                    unfinished_tokens=tokens,
+                    free_hbm_tokens=free_hbm,
+                    read_queue_length=q.length,
+                    read_queue_bytes=q.bytes_pending,
+                    read_queue_tokens=q.tokens_pending,
+                    snic_inflight_bytes=q.inflight_bytes,
+                ),
+                timeout=5,
+            )
+            self.reports_sent += 1
+
+    def _run(self) -> None:
+        registered = False
+        while not self._stop.is_set():
+            try:
+                if not registered:
+                    self._register()
+                    registered = True
+                self.report_once()
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    registered = False
+                log.warning(
+                    "controller report failed",
+                    extra={"controller": self.controller, "code": exc.code().name},
+                )
+                self._stop.wait(1.0)
+                continue
+            self._stop.wait(self.interval_s)

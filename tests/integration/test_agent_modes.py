@@ -1,0 +1,211 @@
+"""The explicitly selected fallback transport with QoS, and load reports to the real traffic
+controller process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from dualpath.v1 import traffic_controller_pb2 as tc
+from dualpath.v1 import traffic_controller_pb2_grpc as tc_grpc
+from dualpath_agent import kvgen
+from dualpath_agent.blockhash import block_chain
+from dualpath_agent.client import ReadPath, expected_region
+from dualpath_agent.launch import AgentHandle, start_agent
+from dualpath_agent.layout import BlockLayout
+
+LAYOUT = BlockLayout(layers=4, block_tokens=64, bytes_per_token_layer=1024)
+QOS = ["--traffic-class", "106", "--service-level", "3", "--dscp", "26"]
+
+
+def chain_for(seed: int, blocks: int, extra: int = 0):  # type: ignore[no-untyped-def]
+    tokens = np.random.default_rng(seed).integers(0, 100_000, blocks * 64 + extra)
+    return block_chain(tokens, 64, include_partial=True)
+
+
+@pytest.fixture(scope="module")
+def fallback_pair(tmp_path_factory) -> Iterator[tuple[AgentHandle, AgentHandle]]:
+    work = tmp_path_factory.mktemp("fallback")
+    agents: list[AgentHandle] = []
+    try:
+        for node, role in (("fb-pe", "prefill"), ("fb-de", "decode")):
+            agents.append(
+                start_agent(node, role, work / "store", work, ["--transport", "fallback", *QOS])
+            )
+        yield agents[0], agents[1]
+    finally:
+        for a in agents:
+            a.stop()
+
+
+def test_fallback_is_explicit_and_visible_everywhere(fallback_pair):
+    pe = fallback_pair[0]
+    stat = pe.client().stat()
+    assert stat.peer_transport == "fallback-tcp" and stat.storage_transport == "fallback-pread"
+    assert "--transport fallback" in stat.fallback_reason
+    assert stat.qos_applied["UCX_IB_TRAFFIC_CLASS"] == "106"
+    assert stat.qos_applied["UCX_IB_SL"] == "3"
+    assert stat.qos_applied["IP_TOS"].startswith("0x68")  # DSCP 26 on the data sockets
+    metrics = urllib.request.urlopen(f"http://{pe.metrics_address}/metrics", timeout=5).read()
+    assert b"dualpath_agent_fallback_active 1.0" in metrics
+    assert b'peer="fallback-tcp"' in metrics
+    log = pe.log_path.read_text()
+    assert "fallback transport selected explicitly" in log
+
+
+@pytest.mark.parametrize("path", [ReadPath.DE_READ, ReadPath.SPLIT])
+def test_fallback_moves_verified_bytes_and_merges(fallback_pair, path):
+    pe, de = (a.client() for a in fallback_pair)
+    chain = chain_for(int(path), 22, extra=5)
+    prefix, new_full, tail = chain[:20], chain[20:22], chain[22]
+    de.seed_synthetic(prefix, LAYOUT)
+    rid = f"fb-{path.name}"
+    missed = 2 * 64 + tail.tokens
+    pe.load(
+        rid,
+        prefix,
+        LAYOUT,
+        path,
+        decode_endpoint=fallback_pair[1].endpoint,
+        missed_tokens=missed,
+        release_after_load=False,
+        keep_for_merge=True,
+    )
+    region = pe.read_region(rid)
+    stride = (20 * 64 + missed) * LAYOUT.bytes_per_token_layer
+    prefix_len = 20 * 64 * LAYOUT.bytes_per_token_layer
+    for layer in range(LAYOUT.layers):
+        got = region[layer * stride : layer * stride + prefix_len]
+        assert got == expected_region(prefix, LAYOUT, layer)
+    reply = pe.commit(rid, missed, new_full)
+    assert reply.blocks_persisted == 2
+    for b in new_full:
+        assert de.read_block(b.block_hash) == kvgen.block_bytes(b.block_hash, LAYOUT, 64)
+    de.release(rid)
+
+
+def test_nixl_and_fallback_agents_refuse_each_other_clearly(fallback_pair, tmp_path):
+    nixl_pe = start_agent("nixl-pe", "prefill", tmp_path / "store", tmp_path)
+    try:
+        chain = chain_for(7, 2)
+        fallback_pair[1].client().seed_synthetic(chain, LAYOUT)
+        with pytest.raises(grpc.RpcError) as err:
+            nixl_pe.client().load(
+                "mix", chain, LAYOUT, ReadPath.DE_READ, decode_endpoint=fallback_pair[1].endpoint
+            )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "fallback-tcp" in err.value.details()
+        assert nixl_pe.client().health().serving
+    finally:
+        nixl_pe.stop()
+
+
+def test_agent_reports_its_read_queue_to_the_traffic_controller(tmp_path):
+    ready = tmp_path / "controller.json"
+    with open(tmp_path / "controller.log", "wb") as log:
+        controller = _start_controller(ready, log)
+    try:
+        _check_reports(ready, controller, tmp_path)
+    finally:
+        controller.terminate()
+        try:
+            controller.wait(10)
+        except subprocess.TimeoutExpired:
+            controller.kill()
+            controller.wait()
+
+
+def _start_controller(ready, log) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dualpath_cli.main",
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-port",
+            "-1",
+            "--report-interval-ms",
+            "100",
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _check_reports(ready, controller, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    agent = None
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and controller.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not ready.exists():
+            pytest.skip("the traffic controller process did not start (owned by another issue)")
+        endpoint = f"127.0.0.1:{json.loads(ready.read_text())['grpc_port']}"
+        agent = start_agent(
+            "report-node",
+            "decode",
+            tmp_path / "store",
+            tmp_path,
+            [
+                "--controller",
+                endpoint,
+                "--engine",
+                "report-node/gpu0",
+                "--engine",
+                "report-node/gpu1",
+                "--snic-read-gbps",
+                "0.08",
+            ],
+        )
+        stub = tc_grpc.TrafficControllerStub(grpc.insecure_channel(endpoint))
+
+        def engines() -> dict[str, tc.EngineStatus]:
+            status = stub.GetStatus(tc.StatusRequest(), timeout=5)
+            return {e.engine.engine_id: e for e in status.engines}
+
+        deadline = time.monotonic() + 15
+        while len(engines()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        found = engines()
+        assert set(found) == {"report-node/gpu0", "report-node/gpu1"}
+        engine = found["report-node/gpu0"].engine
+        assert engine.node == "report-node" and engine.agent_endpoint == agent.endpoint
+        assert engine.role == tc.EngineRole.ENGINE_ROLE_DECODE
+        assert engine.snic_read_bytes_per_s == pytest.approx(10e6)
+        # A capped read on the agent shows up in the controller's view of the node.
+        chain = chain_for(9, 48)
+        client = agent.client()
+        client.seed_synthetic(chain, LAYOUT)
+        peer = start_agent("report-pe", "prefill", tmp_path / "store", tmp_path)
+        try:
+            t = threading.Thread(
+                target=peer.client().load,
+                args=("reported", chain, LAYOUT, ReadPath.DE_READ, agent.endpoint),
+            )
+            t.start()
+            seen = 0
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not seen:
+                report = engines()["report-node/gpu0"].last_report
+                seen = report.read_queue_length
+                time.sleep(0.05)
+            t.join(30)
+        finally:
+            peer.stop()
+        assert seen == 1
+        assert report.read_queue_bytes > 0 and report.read_queue_tokens > 0
+    finally:
+        if agent is not None:
+            agent.stop()
