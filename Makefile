@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
-PKG_DIRS := common/dualpath_common operator/dualpath_operator agents/dualpath_agent traffic_controller/dualpath_controller sim/dualpath_sim cli/dualpath_cli
+PKG_DIRS := common/dualpath_common operator/dualpath_operator agents/dualpath_agent traffic_controller/dualpath_controller sim/dualpath_sim local/dualpath_local cli/dualpath_cli
 NIXL := nixl-cu12==1.5.1 nixl==1.5.1
 PYTEST_ARGS ?=
 

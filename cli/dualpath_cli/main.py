@@ -14,6 +14,7 @@ import sys
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dualpath_cli.demo", "run the local DualPath stack with real bytes and show the gain"),
+    "local": ("dualpath_local.cli", "local stack: `dualpath local up` keeps one running"),
     "controller": ("dualpath_controller.cli", "run the traffic controller gRPC server"),
     "agent": ("dualpath_agent.cli", "run a per-node KV agent"),
     "operator": ("dualpath_operator.cli", "run the DualPathCluster kopf operator"),

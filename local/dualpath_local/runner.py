@@ -1,0 +1,666 @@
+"""The demo end to end: start the stack, pre-populate the stores, play the workload under
+each policy, report, and shut everything down (Ctrl-C and SIGTERM included).
+
+`run_demo(config, console)` is the whole job; `dualpath demo` is a thin CLI over it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from dualpath_agent.client import AgentClient, ReadPath
+from dualpath_agent.layout import BlockLayout
+from dualpath_common.logs import JsonFormatter
+from dualpath_controller.client import ControllerClient
+from dualpath_controller.policy.paper import alpha_for
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dualpath_local.chart import write_chart
+from dualpath_local.display import NodeLive, live_view, results_table, verification_lines
+from dualpath_local.driver import Cluster, ComputeModel, PhaseDriver
+from dualpath_local.engines import EngineBook, EngineReporters, Gpu, NodeMonitor
+from dualpath_local.results import (
+    NodeCounters,
+    PhaseResult,
+    add_speedups,
+    node_results,
+    phase_json,
+    rate_timeline,
+    summarize_phase,
+)
+from dualpath_local.stack import LocalStack, NodeSpec, StoreLinks, node_specs, pid_alive
+from dualpath_local.workload import Workload, WorkloadConfig, build_workload, stored_prefix_blocks
+
+log = logging.getLogger("dualpath.local")
+
+DEFAULT_POLICIES = ("prefill-only", "paper", "dualpath-split")
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    prefill_nodes: int = 1
+    decode_nodes: int = 2
+    # Storage-NIC read cap per node. Low enough that this machine's disk and CPUs are never
+    # the bottleneck, so the demo shows what DualPath changes: whose SNIC does the reading.
+    snic_read_gbps: float = 0.48
+    policies: tuple[str, ...] = DEFAULT_POLICIES
+    compute: ComputeModel = field(default_factory=ComputeModel)
+    spot_check_every: int = 24
+    transport: str = "auto"
+    workdir: Path | None = None
+    keep: bool = False
+    # The controller's policy when the stack is kept up without running any phase.
+    up_policy: str = "dualpath-split"
+    json_path: Path | None = Path("out/demo/demo.json")
+    chart_path: Path | None = Path("out/demo/demo.png")
+
+    @property
+    def snic_read_bytes_per_s(self) -> float:
+        return self.snic_read_gbps * 1e9 / 8
+
+    def validate(self) -> None:
+        self.workload.validate()
+        if not 0 < self.snic_read_gbps <= 400:
+            raise ValueError(f"snic_read_gbps must be in (0, 400], got {self.snic_read_gbps}")
+        if self.prefill_nodes < 1 or self.decode_nodes < 1:
+            raise ValueError("prefill_nodes and decode_nodes must be >= 1")
+        from dualpath_controller.policy import policy_names
+
+        for p in (*self.policies, self.up_policy):
+            if p not in policy_names():
+                raise ValueError(f"unknown policy {p!r} (known: {', '.join(policy_names())})")
+
+
+@dataclass
+class DemoResult:
+    config: DemoConfig
+    workload: dict[str, float]
+    phases: list[PhaseResult]
+    transports: dict[str, dict[str, str]]
+    setup_s: float
+    total_s: float
+    leaks: list[str]
+    chart: str | None = None
+    processes: list[dict[str, object]] = field(default_factory=list)
+    processes_left: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            bool(self.phases)
+            and all(p.ok for p in self.phases)
+            and not self.leaks
+            and not self.processes_left
+        )
+
+    def speedup(self, policy: str) -> float | None:
+        return next((p.speedup for p in self.phases if p.policy == policy), None)
+
+    def as_json(self) -> dict[str, Any]:
+        cfg = asdict(self.config)
+        cfg["workdir"] = str(self.config.workdir) if self.config.workdir else None
+        cfg["json_path"] = str(self.config.json_path) if self.config.json_path else None
+        cfg["chart_path"] = str(self.config.chart_path) if self.config.chart_path else None
+        return {
+            "ok": self.ok,
+            "config": cfg,
+            "workload": self.workload,
+            "phases": [phase_json(p) for p in self.phases],
+            "speedup_over_prefill_only": {p.policy: p.speedup for p in self.phases},
+            "checksum_failures": sum(p.checksum_failures for p in self.phases),
+            "transports": self.transports,
+            "setup_s": self.setup_s,
+            "total_s": self.total_s,
+            "leaks": self.leaks,
+            "chart": self.chart,
+            "processes": self.processes,
+            "processes_left": self.processes_left,
+        }
+
+
+# ----- sizing (pure) -------------------------------------------------------------------------
+def buffer_sizes(workload: Workload) -> tuple[int, int]:
+    """(host buffer, device tier) bytes per agent: the device tier holds every trajectory's
+    largest prompt at once (loads queue on the SNIC, not on memory); the host buffer stages
+    a few reads in flight."""
+    kv = workload.config.preset.kv_bytes_per_token
+    largest = [
+        max(t.prompt_tokens + t.output_tokens for t in plan.turns) * kv
+        for plan in workload.trajectories
+    ]
+    device = sum(largest) + 16 * MiB
+    host = max(64 * MiB, 6 * max(largest))
+    return _round_mib(host), _round_mib(device)
+
+
+def _check_memory(needed: int) -> None:
+    """Refuse a workload whose agents' buffers could not fit in this machine's memory."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
+            available = int(line.split()[1]) * 1024
+            if needed > 0.8 * available:
+                raise ValueError(
+                    f"the agents' buffers would need {needed / 2**30:.1f} GiB "
+                    f"({available / 2**30:.1f} GiB available): reduce --agents, "
+                    "--context-scale or the node counts"
+                )
+            return
+
+
+def _round_mib(n: int) -> int:
+    return math.ceil(n / MiB) * MiB
+
+
+# ----- the job ------------------------------------------------------------------------------
+class Demo:
+    def __init__(self, config: DemoConfig, console: Console) -> None:
+        config.validate()
+        self.config = config
+        self.console = console
+        self.workload = build_workload(config.workload)
+        cfg = config.workload
+        self.layout = BlockLayout(
+            cfg.preset.layers, cfg.block_tokens, cfg.preset.bytes_per_token_layer
+        )
+        host, device = buffer_sizes(self.workload)
+        _check_memory((host + device) * (config.prefill_nodes + config.decode_nodes))
+        self.nodes: list[NodeSpec] = node_specs(
+            config.prefill_nodes, config.decode_nodes, config.snic_read_bytes_per_s, host, device
+        )
+        self.hbm_tokens = {n.engine_id: device // cfg.preset.kv_bytes_per_token for n in self.nodes}
+        self.stack: LocalStack | None = None
+        self.clients: dict[str, AgentClient] = {}
+        self.monitor: NodeMonitor | None = None
+        self.reporters: EngineReporters | None = None
+        self.book = EngineBook(self.hbm_tokens)
+        self.gpus = {n.engine_id: Gpu() for n in self.nodes}
+        self.links: StoreLinks | None = None
+        self._own_workdir = False
+
+    # ----- setup ------------------------------------------------------------------------------
+    def _workdir(self) -> Path:
+        if self.config.workdir is not None:
+            self.config.workdir.mkdir(parents=True, exist_ok=True)
+            return self.config.workdir
+        self._own_workdir = True
+        return Path(tempfile.mkdtemp(prefix="dualpath-demo-"))
+
+    def start(self) -> None:
+        workdir = self._workdir()
+        _log_to_file(workdir / "demo.log")
+        log.info("demo starting", extra={"workdir": str(workdir), "pid": os.getpid()})
+        self.stack = LocalStack(workdir, self.nodes)
+        with self.console.status(
+            f"starting {len(self.nodes)} agents ({self.config.prefill_nodes} prefill, "
+            f"{self.config.decode_nodes} decode) under {workdir} ..."
+        ):
+            self.stack.start_agents(self.config.transport)
+        self.clients = {n.name: AgentClient(self.stack.endpoint(n.name), 60.0) for n in self.nodes}
+        self.monitor = NodeMonitor(self.clients).start()
+        self.links = self.stack.store_links()
+        self._seed()
+        self._warm_up()
+
+    def _seed(self) -> None:
+        """Pre-populate the stores with every trajectory's stored prefix (what its earlier
+        turns left in the shared store): written once through the first node's agent
+        (several streams, so disk syncs overlap), then linked into every other store."""
+        assert self.stack is not None
+        seed = self.config.workload.seed
+        prefixes = [
+            stored_prefix_blocks(p, seed, self.layout.block_tokens)
+            for p in self.workload.trajectories
+        ]
+        first = self.nodes[0].name
+        links = self.links
+        assert links is not None
+        pending = list(prefixes)
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+        with Progress(
+            TextColumn("pre-populating the stores"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("blocks"),
+            TimeElapsedColumn(),
+            console=self.console,
+        ) as progress:
+            task = progress.add_task("seed", total=sum(len(b) for b in prefixes))
+
+            def worker() -> None:
+                while not errors:
+                    with lock:
+                        if not pending:
+                            return
+                        blocks = pending.pop()
+                    try:
+                        self.clients[first].seed_synthetic(blocks, self.layout)
+                        links.replicate([b.block_hash for b in blocks], first)
+                    except BaseException as exc:
+                        errors.append(exc)
+                        return
+                    progress.advance(task, len(blocks))
+
+            threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        if errors:
+            raise errors[0]
+
+    def _warm_up(self) -> None:
+        """One small load + commit over every (prefill, decode) pair, so transport
+        connections are up before anything is timed (UCX connects on first use)."""
+        first = stored_prefix_blocks(
+            self.workload.trajectories[0], self.config.workload.seed, self.layout.block_tokens
+        )[:4]
+        pes = [n for n in self.nodes if n.role == "prefill"]
+        des = [n for n in self.nodes if n.role == "decode"]
+        for pe in pes:
+            for de in des:
+                rid = f"warmup-{pe.name}-{de.name}"
+                de_ep = self.clients[de.name].endpoint
+                self.clients[pe.name].load(
+                    rid,
+                    first,
+                    self.layout,
+                    ReadPath.SPLIT if len(first) > 1 else ReadPath.DE_READ,
+                    decode_endpoint=de_ep,
+                    de_read_fraction=0.5,
+                    missed_tokens=self.layout.block_tokens,
+                    release_after_load=False,
+                    keep_for_merge=True,
+                )
+                self.clients[pe.name].commit(
+                    rid, self.layout.block_tokens, [], persist=False, decode_endpoint=de_ep
+                )
+                self.clients[de.name].release(rid)
+
+    # ----- phases -----------------------------------------------------------------------------
+    def policy_params(self, policy: str) -> dict[str, object]:
+        kv = self.config.workload.preset.kv_bytes_per_token
+        if policy in ("paper", "prefill-only", "dualpath-split"):
+            # alpha as the paper defines it: tokens one node's SNIC reads in 3 s.
+            return {"alpha": alpha_for(self.config.snic_read_bytes_per_s, kv)}
+        return {}
+
+    def counters(self) -> dict[str, NodeCounters]:
+        out = {}
+        for node, client in self.clients.items():
+            s = client.stat()
+            out[node] = NodeCounters(
+                s.storage_bytes_read, s.storage_reads_completed, s.checksum_failures
+            )
+        return out
+
+    def start_controller(self, policy: str, tag: str) -> str:
+        assert self.stack is not None and self.monitor is not None
+        if self.reporters is not None:
+            self.reporters.stop()
+        target = self.stack.start_controller(policy, self.policy_params(policy), tag)
+        self.reporters = EngineReporters(
+            target=target,
+            nodes=self.nodes,
+            monitor=self.monitor,
+            book=self.book,
+            hbm_tokens=self.hbm_tokens,
+            endpoints={n: c.endpoint for n, c in self.clients.items()},
+            tokens_per_queued_byte=self.layout.block_tokens
+            / self.layout.file_bytes(self.layout.block_tokens),
+        )
+        self.reporters.start()
+        return target
+
+    def run_phase(self, index: int, policy: str) -> PhaseResult:
+        assert self.monitor is not None and self.links is not None
+        tag = f"p{index}-{policy}"
+        target = self.start_controller(policy, tag)
+        controller = ControllerClient(target, timeout_s=30.0)
+        cluster = Cluster(
+            controller=controller,
+            agents=self.clients,
+            endpoints={n: c.endpoint for n, c in self.clients.items()},
+            engine_node={n.engine_id: n.name for n in self.nodes},
+            book=self.book,
+            gpus=self.gpus,
+            links=self.links,
+        )
+        driver = PhaseDriver(
+            self.workload,
+            cluster,
+            self.config.compute,
+            tag,
+            policy,
+            self.config.spot_check_every,
+        )
+        before = self.counters()
+        cpu_before = self._cpu_seconds()
+        log.info("phase started", extra={"policy": policy, "controller": target})
+        total = self.workload.turns_total
+        caps = {n.name: n.snic_read_bytes_per_s for n in self.nodes}
+        try:
+            with Live(console=self.console, refresh_per_second=4, transient=False) as live:
+
+                def tick() -> None:
+                    run = driver.run
+                    live.update(
+                        live_view(
+                            policy,
+                            run.turns_done,
+                            total,
+                            time.monotonic() - run.started,
+                            self._live_nodes(caps),
+                            run.paths(),
+                            len(run.errors),
+                        )
+                    )
+
+                run = driver.wait(driver.start(), tick)
+            if not self.console.is_terminal:
+                self.console.print()  # a terminal ends the live view's line itself
+        finally:
+            controller.close()
+        after = self.counters()
+        cpu_s = self._cpu_seconds() - cpu_before
+        roles = {n.name: n.role for n in self.nodes}
+        nodes = node_results(before, after, roles, caps, run.finished - run.started)
+        samples = [
+            (s.t, sum(s.bytes_read.values()))
+            for s in self.monitor.samples_between(run.started - 0.2, run.finished + 0.2)
+        ]
+        result = summarize_phase(run, total, nodes, rate_timeline(samples, run.started))
+        result.stack_cpu_cores = cpu_s / result.wall_s
+        result.loadavg_1m = os.getloadavg()[0]
+        log.info(
+            "phase finished",
+            extra={
+                "policy": policy,
+                "turns": result.turns,
+                "turns_per_s": round(result.turns_per_s, 3),
+                "errors": len(result.errors),
+            },
+        )
+        return result
+
+    def _live_nodes(self, caps: dict[str, float]) -> list[NodeLive]:
+        assert self.monitor is not None
+        out = []
+        for node in self.clients:
+            stat = self.monitor.latest(node)
+            out.append(
+                NodeLive(
+                    node,
+                    self.monitor.rate(node),
+                    caps[node],
+                    stat.read_queue_length if stat is not None else 0,
+                )
+            )
+        return out
+
+    def _cpu_seconds(self) -> float:
+        """CPU used by the stack: its processes and this one (the engine stand-ins)."""
+        assert self.stack is not None
+        me = os.times()
+        return self.stack.cpu_seconds() + me.user + me.system
+
+    def leaks(self) -> list[str]:
+        """Buffers still held, reads still queued: every turn must have cleaned up."""
+        found = []
+        for node, client in self.clients.items():
+            s = client.stat()
+            if s.held_requests or s.read_queue_length:
+                found.append(
+                    f"{node}: {s.held_requests} requests hold buffers, "
+                    f"{s.read_queue_length} reads queued"
+                )
+        return found
+
+    def transports(self) -> dict[str, dict[str, str]]:
+        out = {}
+        for node, client in self.clients.items():
+            s = client.stat()
+            out[node] = {
+                "peer": s.peer_transport,
+                "storage": s.storage_transport,
+                "fallback_reason": s.fallback_reason,
+                "direct_io": str(s.direct_io),
+                "device_tier": s.device_tier,
+            }
+        return out
+
+    # ----- teardown ---------------------------------------------------------------------------
+    def endpoints_text(self) -> str:
+        assert self.stack is not None
+        lines = []
+        c = self.stack.controller
+        if c is not None:
+            lines.append(
+                f"controller  gRPC {c.target}   metrics http://127.0.0.1:{c.metrics_port}/metrics"
+                f"   pid {c.proc.pid if c.proc else '?'}"
+            )
+        for node, handle in self.stack.agents.items():
+            lines.append(
+                f"{node:<11} gRPC {handle.endpoint}   metrics http://{handle.metrics_address}"
+                f"/metrics   store {self.stack.store_dir(node)}   pid {handle.pid}"
+            )
+        lines.append(f"logs        {self.stack.workdir}")
+        return "\n".join(lines)
+
+    def started(self) -> list[tuple[str, int]]:
+        return list(self.stack.started) if self.stack is not None else []
+
+    def close(self, keep_files: bool = False) -> None:
+        """Stop everything; the temporary workdir is removed unless `keep_files` (a failed
+        run keeps its logs)."""
+        if self.reporters is not None:
+            with contextlib.suppress(Exception):
+                self.reporters.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
+        for client in self.clients.values():
+            client.close()
+        if self.stack is not None:
+            self.stack.close()
+            if self._own_workdir and not keep_files:
+                shutil.rmtree(self.stack.workdir, ignore_errors=True)
+
+    @property
+    def workdir(self) -> Path | None:
+        return self.stack.workdir if self.stack is not None else None
+
+
+def _log_to_file(path: Path) -> None:
+    """The demo's own JSON log goes to a file: the terminal belongs to the live display."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(JsonFormatter("demo"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("DUALPATH_LOG_LEVEL", "INFO").upper())
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the demo the way Ctrl-C does (teardown runs, processes stopped)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class DemoFailed(RuntimeError):
+    """The demo could not run; the logs were kept in `workdir`."""
+
+    def __init__(self, message: str, workdir: Path | None) -> None:
+        super().__init__(message)
+        self.workdir = workdir
+
+
+def _describe(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    details = getattr(exc, "details", None)
+    if callable(code) and callable(details):  # a grpc.RpcError
+        return f"{code().name}: {details()}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Teardown is not interruptible: a second Ctrl-C must not leave processes behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: None)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def title_of(config: DemoConfig, workload: Workload) -> str:
+    w = config.workload
+    s = workload.summary()
+    return (
+        f"DualPath local demo: {config.prefill_nodes}P{config.decode_nodes}D, {w.model}, "
+        f"trace {w.trace} x{w.context_scale:g} ({int(s['trajectories'])} agents, "
+        f"{int(s['turns'])} turns, mean prompt {s['mean_prompt_tokens']:,.0f} tokens, "
+        f"{s['reuse_ratio']:.1%} reused), SNIC cap {config.snic_read_bytes_per_s / 1e6:.0f} MB/s "
+        f"per node"
+    )
+
+
+def run_demo(config: DemoConfig, console: Console) -> DemoResult:
+    started = time.monotonic()
+    demo = Demo(config, console)
+    title = title_of(config, demo.workload)
+    kv_turn = demo.workload.mean_prompt_tokens() * config.workload.preset.kv_bytes_per_token
+    console.print(f"[bold]{title}[/bold]")
+    if config.policies:
+        console.print(
+            f"each turn re-reads ~{kv_turn / 1e6:.1f} MB of KV cache; "
+            f"{len(config.policies)} policies run the same workload back to back"
+        )
+    failed = True
+    with sigterm_as_interrupt():
+        try:
+            result = _run(demo, started)
+            _report(result, console, title)
+            failed = not result.ok and bool(config.policies)
+            if config.keep:
+                console.print("\n[bold]stack kept up[/bold] (Ctrl-C to stop it):")
+                console.print(demo.endpoints_text())
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(1.0)
+        except KeyboardInterrupt:
+            failed = False
+            raise
+        except Exception as exc:
+            raise DemoFailed(_describe(exc), demo.workdir) from exc
+        finally:
+            with interrupts_deferred(), console.status("stopping the stack ..."):
+                demo.close(keep_files=failed)
+            if failed and demo.workdir is not None:
+                console.print(f"logs kept in {demo.workdir}")
+    # After shutdown: every process this run started must be gone.
+    result.processes = [{"name": n, "pid": p} for n, p in demo.started()]
+    result.processes_left = [f"{n} (pid {p})" for n, p in demo.started() if pid_alive(p)]
+    for left in result.processes_left:
+        console.print(f"[red]process left behind: {left}[/red]")
+    _write_json(result)
+    console.print(
+        f"stopped {len(result.processes)} processes, {len(result.processes_left)} left; "
+        f"setup {result.setup_s:.1f} s, total {time.monotonic() - started:.1f} s"
+    )
+    return result
+
+
+def _run(demo: Demo, started: float) -> DemoResult:
+    demo.start()
+    setup_s = time.monotonic() - started
+    transports = demo.transports()
+    for node, t in transports.items():
+        note = f" (fallback: {t['fallback_reason']})" if t["fallback_reason"] else ""
+        demo.console.print(
+            f"  {node}: peer transport {t['peer']}, storage {t['storage']}"
+            f" (O_DIRECT {t['direct_io']}), device tier {t['device_tier']}{note}"
+        )
+    phases: list[PhaseResult] = []
+    for i, policy in enumerate(demo.config.policies):
+        phases.append(demo.run_phase(i, policy))
+        if phases[-1].errors:
+            break
+    if not demo.config.policies:
+        # Only the stack (`dualpath local up`): a controller whose engines are registered.
+        demo.start_controller(demo.config.up_policy, "up")
+    add_speedups(phases)
+    return DemoResult(
+        config=demo.config,
+        workload=demo.workload.summary(),
+        phases=phases,
+        transports=transports,
+        setup_s=setup_s,
+        total_s=time.monotonic() - started,
+        leaks=demo.leaks(),
+    )
+
+
+def _write_json(result: DemoResult) -> None:
+    path = result.config.json_path
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.as_json(), indent=2) + "\n")
+
+
+def _report(result: DemoResult, console: Console, title: str) -> None:
+    config = result.config
+    if result.phases:
+        console.print(results_table(result.phases, "Results", console.width))
+        for line in verification_lines(result.phases):
+            console.print("  " + line)
+    for leak in result.leaks:
+        console.print(f"[red]leak: {leak}[/red]")
+    for p in result.phases:
+        if p.speedup is not None and p.policy != "prefill-only":
+            console.print(f"  {p.policy}: {p.speedup:.2f}x the turns/s of prefill-only")
+    if config.chart_path is not None and result.phases:
+        result.chart = str(write_chart(result.phases, config.chart_path, title))
+        console.print(f"chart: {result.chart}")
+    _write_json(result)
+    if config.json_path is not None:
+        console.print(f"results: {config.json_path}")

@@ -1,0 +1,284 @@
+"""The local stack's processes: one traffic controller and one agent per node, on loopback.
+
+Every process is a real `dualpath ...` child started through its component's launcher
+(`dualpath_agent.launch.start_agent`, `dualpath_controller.process.ControllerProcess`) and
+stopped by its own pid: SIGTERM, then SIGKILL after a grace period. `LocalStack.close()`
+is idempotent and runs from `finally`, so an error or Ctrl-C never leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dualpath_agent.launch import AgentHandle, start_agent
+from dualpath_agent.store import BlockStore
+from dualpath_controller.process import ControllerProcess
+
+log = logging.getLogger("dualpath.local")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One emulated node: an agent with its own block store and storage-NIC cap."""
+
+    name: str
+    role: str  # "prefill" | "decode"
+    snic_read_bytes_per_s: float
+    buffer_bytes: int
+    device_bytes: int
+
+    @property
+    def engine_id(self) -> str:
+        return f"{self.name}/gpu0"
+
+
+def node_specs(
+    prefill_nodes: int,
+    decode_nodes: int,
+    snic_read_bytes_per_s: float,
+    buffer_bytes: int,
+    device_bytes: int,
+) -> list[NodeSpec]:
+    if prefill_nodes < 1 or decode_nodes < 1:
+        raise ValueError(
+            f"need at least 1 prefill and 1 decode node, got {prefill_nodes}P{decode_nodes}D"
+        )
+    return [
+        NodeSpec(f"prefill-{i}", "prefill", snic_read_bytes_per_s, buffer_bytes, device_bytes)
+        for i in range(prefill_nodes)
+    ] + [
+        NodeSpec(f"decode-{i}", "decode", snic_read_bytes_per_s, buffer_bytes, device_bytes)
+        for i in range(decode_nodes)
+    ]
+
+
+class StoreLinks:
+    """The nodes' block stores as one shared store: a block persisted in one node's store
+    is hard-linked into every other node's store, the way a distributed store (3FS) makes
+    what one node writes readable from all. One copy of the bytes on disk; every node still
+    reads it through its own agent, O_DIRECT, under its own storage-NIC cap, and verifies
+    it. Agents find a linked block on their next lookup (a miss in their index probes the
+    directory)."""
+
+    def __init__(self, roots: dict[str, Path]) -> None:
+        # BlockStore is used for its file naming only (path_for); the agents own the stores.
+        self._stores = {node: BlockStore(root) for node, root in roots.items()}
+        self.links_made = 0
+
+    def replicate(self, block_hashes: Iterable[bytes], source: str) -> int:
+        """Link blocks from `source`'s store into every other store; returns links made."""
+        made = 0
+        src_store = self._stores[source]
+        for block_hash in block_hashes:
+            src = src_store.path_for(block_hash)
+            for node, store in self._stores.items():
+                if node == source:
+                    continue
+                dst = store.path_for(block_hash)
+                dst.parent.mkdir(exist_ok=True)
+                try:
+                    os.link(src, dst)
+                    made += 1
+                except FileExistsError:
+                    pass  # already there (a shared prefix, or written there first)
+        self.links_made += made
+        return made
+
+
+@dataclass
+class LocalStack:
+    workdir: Path
+    nodes: list[NodeSpec]
+    agents: dict[str, AgentHandle] = field(default_factory=dict)
+    controller: ControllerProcess | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _controller_exit: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    # Every process this stack started, in order: (name, pid). Kept after they stop, so a
+    # caller can check that none is left.
+    started: list[tuple[str, int]] = field(default_factory=list)
+
+    # ----- agents ------------------------------------------------------------------------
+    def store_dir(self, node: str) -> Path:
+        return self.workdir / "stores" / node
+
+    def start_agents(self, transport: str = "auto") -> None:
+        """Start every node's agent, in parallel (each one imports NIXL: ~1-3 s)."""
+        errors: list[BaseException] = []
+
+        def start(spec: NodeSpec) -> None:
+            try:
+                handle = start_agent(
+                    spec.name,
+                    spec.role,
+                    self.store_dir(spec.name),
+                    self.workdir / "agents",
+                    extra_args=[
+                        "--snic-read-gbps",
+                        f"{spec.snic_read_bytes_per_s * 8 / 1e9:.6f}",
+                        "--transport",
+                        transport,
+                        "--grace-seconds",
+                        "3",
+                        "--hold-seconds",
+                        "300",
+                        "--log-level",
+                        "WARNING",
+                    ],
+                    buffer_bytes=str(spec.buffer_bytes),
+                    device_bytes=str(spec.device_bytes),
+                    timeout_s=90.0,
+                )
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            with self._lock:
+                self.agents[spec.name] = handle
+                self.started.append((f"agent {spec.name}", handle.pid))
+
+        threads = [threading.Thread(target=start, args=(s,), daemon=True) for s in self.nodes]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException:
+            # Interrupted: let the starts finish (each is bounded by its timeout) so every
+            # agent that did start is in self.agents and gets stopped by close().
+            for t in threads:
+                t.join()
+            raise
+        finally:
+            self.write_state()
+        if errors:
+            raise errors[0]
+
+    def store_links(self) -> StoreLinks:
+        return StoreLinks({n.name: self.store_dir(n.name) for n in self.nodes})
+
+    def endpoint(self, node: str) -> str:
+        return self.agents[node].endpoint
+
+    # ----- controller --------------------------------------------------------------------
+    def start_controller(self, policy: str, params: dict[str, object], tag: str) -> str:
+        """(Re)start the controller with a policy; returns its gRPC target."""
+        self.stop_controller()
+        controller = ControllerProcess(
+            policy=policy,
+            params=params,
+            report_interval_ms=100,
+            liveness_timeout_s=10.0,
+            log_path=self.workdir / f"controller-{tag}.log",
+        )
+        self.controller = controller
+        # Registered before it starts: an interrupted start is still stopped by close().
+        self._controller_exit.push(controller)
+        try:
+            controller.start(timeout_s=60.0)
+        finally:
+            if controller.proc is not None:
+                self.started.append((f"controller {tag}", controller.proc.pid))
+            self.write_state()
+        return controller.target
+
+    def stop_controller(self) -> None:
+        self.controller = None
+        self._controller_exit.close()
+
+    # ----- lifecycle ---------------------------------------------------------------------
+    def state(self) -> dict[str, object]:
+        """Endpoints and pids of what runs now (also written to <workdir>/stack.json)."""
+        c = self.controller
+        return {
+            "controller": None
+            if c is None or c.proc is None
+            else {
+                "grpc": c.target,
+                "metrics": f"127.0.0.1:{c.metrics_port}",
+                "pid": c.proc.pid,
+                "policy": c.args[c.args.index("--policy") + 1],
+            },
+            "agents": {
+                node: {
+                    "role": h.role,
+                    "grpc": h.endpoint,
+                    "metrics": h.metrics_address,
+                    "pid": h.pid,
+                    "store": str(self.store_dir(node)),
+                    "log": str(h.log_path),
+                }
+                for node, h in self.agents.items()
+            },
+            "started": [{"name": n, "pid": p} for n, p in self.started],
+        }
+
+    def write_state(self) -> None:
+        path = self.workdir / "stack.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
+        tmp.replace(path)
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by this stack's running processes (Linux /proc)."""
+        return sum(_process_cpu_s(pid) for pid in self.pids())
+
+    def pids(self) -> list[int]:
+        pids = [a.pid for a in self.agents.values()]
+        if self.controller is not None and self.controller.proc is not None:
+            pids.append(self.controller.proc.pid)
+        return pids
+
+    def alive(self) -> list[str]:
+        """Names of this stack's processes still running."""
+        names = [n for n, a in self.agents.items() if a.alive()]
+        c = self.controller
+        if c is not None and c.proc is not None and c.proc.poll() is None:
+            names.append("controller")
+        return names
+
+    def close(self) -> None:
+        """Stop every process by pid (controller first: engines stop being scheduled)."""
+        with contextlib.suppress(Exception):
+            self.stop_controller()
+        handles: Sequence[AgentHandle] = list(self.agents.values())
+        threads = [threading.Thread(target=_stop_agent, args=(h,), daemon=True) for h in handles]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        self.agents.clear()
+        with contextlib.suppress(OSError):
+            self.write_state()
+
+
+def _process_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat; 12 and 13 after "pid (comm)" and state.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _stop_agent(handle: AgentHandle) -> None:
+    try:
+        handle.stop(timeout_s=10.0)
+    except Exception as exc:  # still try SIGKILL: never leave it behind
+        log.warning("agent stop failed", extra={"node": handle.node, "error": str(exc)})
+        with contextlib.suppress(Exception):
+            handle.kill()
