@@ -9,11 +9,12 @@ PKG_DIRS := common/dualpath_common operator/dualpath_operator agents/dualpath_ag
 NIXL := nixl-cu12==1.5.1 nixl==1.5.1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint typecheck pytest kube-bin protos crds bench clean help
+.PHONY: venv demo test lint typecheck pytest kube-bin protos crds manifests bench clean help e2e e2e-deps
 
 help:
 	@echo "make demo   - run a local DualPath stack with real bytes (no cluster needed)"
 	@echo "make test   - lint, type-check and run unit + integration + e2e tests"
+	@echo "make e2e    - the e2e tier alone on a local two-node cluster (root; tests/e2e/README.md)"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make protos - regenerate gRPC stubs from proto/"
 	@echo "make crds   - regenerate CRD YAML from the pydantic models"
@@ -42,7 +43,9 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy $(PKG_DIRS)
 
-pytest: venv kube-bin
+# The e2e tier runs in `make test` too: its cluster needs Debian packages and node binaries,
+# installed (and cached) here so their progress shows before pytest starts.
+pytest: venv kube-bin e2e-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
@@ -52,6 +55,19 @@ protos: venv
 
 crds: venv
 	$(PY) -m dualpath_cli.codegen crds
+	$(PY) hack/render_manifests.py
+
+# After chart or dashboard edits: regenerate the dashboard JSON and manifests/install.yaml.
+manifests: venv
+	$(PY) hack/gen_dashboard.py
+	$(PY) hack/render_manifests.py
+
+# Debian packages, Kubernetes node binaries (cached) for the local e2e cluster.
+e2e-deps:
+	@bash hack/e2e-deps.sh >/dev/null
+
+e2e: venv e2e-deps
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) -m pytest -m bench -p no:cacheprovider bench $(PYTEST_ARGS) -s

@@ -125,6 +125,8 @@ def test_agents_get_ipc_lock_and_are_privileged_only_when_asked():
     sc = plain["securityContext"]
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"add": ["IPC_LOCK"], "drop": ["ALL"]}
+    # Added capabilities only take effect for uid 0; the image's default user is not root.
+    assert sc["runAsUser"] == 0 and sc["runAsNonRoot"] is False
     asked = daemonset.build(ctx({"agent": {"privileged": True}}))[0]
     assert asked["spec"]["template"]["spec"]["containers"][0]["securityContext"] == {
         "privileged": True

@@ -94,9 +94,14 @@ def storage_volume(ctx: ClusterContext) -> tuple[Obj, Obj]:
 def security_context(ctx: ClusterContext) -> Obj:
     if ctx.spec.agent.privileged:
         return {"privileged": True}
-    # IPC_LOCK lets the agent pin (register) its DRAM buffer for RDMA; nothing else.
+    # IPC_LOCK lets the agent pin (register) its DRAM buffer for RDMA; nothing else. Added
+    # capabilities only reach a process running as uid 0 (Kubernetes sets no ambient
+    # capabilities), and the hostPath block store is root-owned: the image's default
+    # non-root user could neither mlock nor write its store.
     return {
         "privileged": False,
+        "runAsUser": 0,
+        "runAsNonRoot": False,
         "allowPrivilegeEscalation": False,
         "capabilities": {"add": ["IPC_LOCK"], "drop": ["ALL"]},
     }

@@ -1,0 +1,1060 @@
+"""A real two-node Kubernetes cluster on this machine, built from Debian packages.
+
+The `local` provider of the e2e suite: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, kube-proxy (iptables) and dnsmasq as cluster DNS, plus two nodes, each one
+containerd (own root, state, socket, CNI config) and one kubelet (own root dir, cgroup root
+and serving address). Each node has its own Linux bridge and pod subnet; the bridge's gateway
+address is the node's InternalIP (kubelet --node-ip) and the API server binds to node 0's.
+Nothing listens on, or routes to, the machine's own interface: a FORWARD rule drops traffic
+from the pod bridges to any other interface. Nodes are labelled dualpath.io/role=prefill and
+=decode. Recipe and pitfalls: ../shared/notes/local-cluster.md.
+
+One local cluster runs per machine at a time (the bridges, kube-proxy's iptables chains and
+the pod subnets are host-wide); a second one waits for the first (a file lock). Every
+process is started here and stopped by its own pid; host settings changed on the way
+(sysctls, iptables, bridges, cgroups, mounts) are put back on stop, also after a crash of an
+earlier run (stale bridges and chains are removed first).
+
+Needs root and the packages of hack/e2e-deps.sh. By hand:
+`sudo .venv/bin/python -m tests.support.localcluster` prints `export KUBECONFIG=...`; Ctrl-C
+stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import itertools
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+LOCK_FILE = Path("/tmp/dualpath-localcluster.lock")
+# What the running cluster started (pids with start times, mount namespaces, workdir), so a
+# run that was killed hard is cleaned up by the next one, still by pid.
+STATE_FILE = Path("/tmp/dualpath-localcluster.state.json")
+K8S_WHAT = "kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy"
+POD_CIDR = "10.244.0.0/16"
+SERVICE_CIDR = "10.96.0.0/16"
+CLUSTER_DOMAIN = "cluster.local"
+BRIDGE_PREFIX = "dpnode"  # bridges dpnode0, dpnode1: names of this harness only
+FORWARD_CHAIN = "DUALPATH-E2E-FWD"
+PAUSE_REF = "docker.io/dualpath/pause:1"
+# Each node's containerd root (unpacked images) is kept here between runs, so a rerun only
+# imports the layers that changed; DUALPATH_E2E_NODE_CACHE="" keeps it in the run's dir.
+NODE_CACHE = Path(
+    os.environ.get("DUALPATH_E2E_NODE_CACHE", Path.home() / ".cache" / "dualpath" / "e2e-nodes")
+)
+ROLE_LABEL = "dualpath.io/role"
+CNI_BIN_DIR = "/usr/lib/cni"
+# Host settings the cluster needs (kube-proxy sets route_localnet itself); restored on stop.
+SYSCTLS = {"net/ipv4/ip_forward": "1"}
+RESTORED_SYSCTLS = ("net/ipv4/ip_forward", "net/ipv4/conf/all/route_localnet")
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not start; the message names the failing part."""
+
+
+def log(msg: str) -> None:
+    print(f"[localcluster] {msg}", file=sys.stderr, flush=True)
+
+
+def run(argv: list[str], check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, text=True, capture_output=True, **kw)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def k8s_bin_dir() -> Path:
+    """The five server binaries (built once, cached by hack/k8s-binaries.sh)."""
+    env = dict(os.environ, DUALPATH_K8S_WHAT=K8S_WHAT)
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "k8s-binaries.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def missing_prerequisites() -> list[str]:
+    """Why this machine cannot run the local cluster (empty: it can)."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("needs root (bridges, iptables, containerd, kubelet)")
+    for tool in ("containerd", "runc", "ctr", "dnsmasq", "iptables", "ip", "etcd"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            problems.append(f"missing {tool} (run hack/e2e-deps.sh)")
+    if not Path(CNI_BIN_DIR, "bridge").exists():
+        problems.append(f"missing CNI plugins in {CNI_BIN_DIR} (run hack/e2e-deps.sh)")
+    if not Path("/sys/fs/cgroup/memory").is_dir():
+        problems.append("kubelet 1.20 needs cgroup v1 hierarchies (/sys/fs/cgroup/memory)")
+    return problems
+
+
+# --- the pure parts: addresses and config files ------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One node's names and addresses (pure data, derived from its index)."""
+
+    index: int
+    role: str
+
+    @property
+    def name(self) -> str:
+        return f"dp-{self.role}-{self.index}"
+
+    @property
+    def bridge(self) -> str:
+        return f"{BRIDGE_PREFIX}{self.index}"
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return list(ipaddress.ip_network(POD_CIDR).subnets(new_prefix=24))[self.index]
+
+    @property
+    def gateway(self) -> str:
+        """The bridge's address: the node's InternalIP and the pods' default gateway."""
+        return str(self.subnet.network_address + 1)
+
+    @property
+    def cgroup_root(self) -> str:
+        return f"/dualpath-{self.name}"
+
+
+def default_nodes() -> list[NodePlan]:
+    return [NodePlan(0, "prefill"), NodePlan(1, "decode")]
+
+
+def dns_address(nodes: list[NodePlan]) -> str:
+    return nodes[0].gateway
+
+
+def containerd_config(node: NodePlan, wd: Path, root: Path | None = None) -> str:
+    """containerd config (version 2) with its own root/state/socket and CNI conf dir.
+    The unprivileged-port/icmp, OOM and AppArmor settings avoid runc's "can't get final
+    child's PID from pipe" on this kind of machine (see local-cluster.md). `root` (images,
+    snapshots) may live in a cache that outlives the cluster; the rest is per run."""
+    return f"""version = 2
+root = "{root or wd / "root"}"
+state = "{wd / "state"}"
+oom_score = 0
+[grpc]
+  address = "{wd / "containerd.sock"}"
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{wd / "opt"}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_REF}"
+  enable_unprivileged_ports = false
+  enable_unprivileged_icmp = false
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{wd / "cni"}"
+    max_conf_num = 1
+"""
+
+
+def cni_conflist(node: NodePlan, ipam_dir: Path) -> dict[str, Any]:
+    """Bridge + host-local (one /24 per node) + portmap. No ipMasq: pods have no way out
+    of the machine, only to each other, the nodes and the cluster's services."""
+    return {
+        "cniVersion": "0.4.0",
+        "name": f"dualpath-{node.name}",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": node.bridge,
+                "isGateway": True,
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": str(node.subnet), "gateway": node.gateway}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(ipam_dir),
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+def kubelet_config(node: NodePlan, healthz_port: int, dns: str, resolv_conf: Path) -> str:
+    """KubeletConfiguration: serving on the node's bridge address, its own cgroup root,
+    anonymous + AlwaysAllow (a test node), and no image GC or eviction that could drop
+    the imported images (there is no registry to pull them back from)."""
+    cfg = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": node.gateway,
+        "port": 10250,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": healthz_port,
+        "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
+        "authorization": {"mode": "AlwaysAllow"},
+        "cgroupDriver": "cgroupfs",
+        "cgroupRoot": node.cgroup_root,
+        "failSwapOn": False,
+        "clusterDNS": [dns],
+        "clusterDomain": CLUSTER_DOMAIN,
+        "resolvConf": str(resolv_conf),
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "evictionHard": {
+            "memory.available": "50Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+        },
+        "serializeImagePulls": False,
+        "maxPods": 40,
+        "syncFrequency": "10s",
+        "fileCheckFrequency": "10s",
+        "nodeStatusUpdateFrequency": "5s",
+    }
+    return json.dumps(cfg, indent=2)
+
+
+def kubeconfig_text(server: str, token: str, ca_file: Path) -> str:
+    return f"""apiVersion: v1
+kind: Config
+clusters:
+- name: dualpath-local
+  cluster:
+    server: {server}
+    certificate-authority: {ca_file}
+users:
+- name: admin
+  user:
+    token: {token}
+contexts:
+- name: dualpath-local
+  context: {{cluster: dualpath-local, user: admin}}
+current-context: dualpath-local
+"""
+
+
+def dns_hosts(services: list[dict[str, Any]], endpoints: list[dict[str, Any]]) -> str:
+    """The dnsmasq hosts file: `<ip> <svc>.<ns>.svc.<domain>` for each Service with a
+    ClusterIP, and each ready endpoint address for headless Services."""
+    lines = []
+    headless = set()
+    for svc in services:
+        meta, spec = svc["metadata"], svc.get("spec", {})
+        fqdn = f"{meta['name']}.{meta['namespace']}.svc.{CLUSTER_DOMAIN}"
+        ip = spec.get("clusterIP")
+        if ip and ip != "None":
+            lines.append(f"{ip} {fqdn}")
+        elif ip == "None":
+            headless.add((meta["namespace"], meta["name"]))
+    for ep in endpoints:
+        meta = ep["metadata"]
+        if (meta["namespace"], meta["name"]) not in headless:
+            continue
+        fqdn = f"{meta['name']}.{meta['namespace']}.svc.{CLUSTER_DOMAIN}"
+        for subset in ep.get("subsets") or []:
+            for addr in subset.get("addresses") or []:
+                lines.append(f"{addr['ip']} {fqdn}")
+                if addr.get("hostname"):
+                    lines.append(f"{addr['ip']} {addr['hostname']}.{fqdn}")
+    return "\n".join(sorted(lines)) + "\n"
+
+
+def archive_reference(archive: Path) -> tuple[str, str]:
+    """(image reference, manifest digest) of a single-image OCI archive."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("index.json")
+        assert member is not None, f"{archive}: no index.json"
+        index = json.load(member)
+    manifest = index["manifests"][0]
+    return manifest["annotations"]["org.opencontainers.image.ref.name"], manifest["digest"]
+
+
+def node_images(ctr_images_ls: str) -> dict[str, str]:
+    """{reference: digest} from `ctr images ls` output (REF TYPE DIGEST ...)."""
+    images = {}
+    for line in ctr_images_ls.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 3 and parts[2].startswith("sha256:"):
+            images[parts[0]] = parts[2]
+    return images
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    """Child processes by name, each in its own session, stopped by pid in reverse order."""
+
+    log_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        log_file = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (owned by the child)
+        self.procs[name] = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+        log_file.close()
+
+    def records(self) -> list[dict[str, Any]]:
+        return [
+            {"pid": p.pid, "start": process_start_time(p.pid)}
+            for p in self.procs.values()
+            if p.poll() is None
+        ]
+
+    def check_alive(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise ClusterError(f"{name} exited with {p.returncode}:\n{self.tail(name)}")
+
+    def tail(self, name: str, lines: int = 25) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, names: list[str] | None = None, timeout: float = 15.0) -> None:
+        chosen = [n for n in reversed(list(self.procs)) if names is None or n in names]
+        for name in chosen:
+            p = self.procs[name]
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name in chosen:
+            p = self.procs.pop(name)
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"{name} ignored SIGTERM for {timeout:.0f}s: killing it")
+                p.kill()
+                p.wait()
+
+
+def process_start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot ('' when gone): with the pid, it
+    identifies a process even after its pid was reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def kill_recorded(records: list[dict[str, Any]]) -> None:
+    for rec in records:
+        pid = int(rec["pid"])
+        if rec.get("start") and process_start_time(pid) == rec["start"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def wait_for(
+    what: str, check: Callable[[], bool], timeout: float, alive: Callable[[], None]
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive()
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.3)
+    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# --- host network: bridges, forwarding rule, sysctls -------------------------------------
+
+
+def read_sysctl(name: str) -> str:
+    return Path("/proc/sys", name).read_text().strip()
+
+
+def write_sysctl(name: str, value: str) -> None:
+    Path("/proc/sys", name).write_text(value)
+
+
+def iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run(["iptables", "-w", "30", *args], check=check)
+
+
+def remove_forward_chain() -> None:
+    while iptables("-D", "FORWARD", "-j", FORWARD_CHAIN, check=False).returncode == 0:
+        pass
+    iptables("-F", FORWARD_CHAIN, check=False)
+    iptables("-X", FORWARD_CHAIN, check=False)
+
+
+def install_forward_chain() -> None:
+    """Pod traffic may go from one of our bridges to another, never out of the machine."""
+    remove_forward_chain()
+    iptables("-N", FORWARD_CHAIN)
+    iptables(
+        "-A", FORWARD_CHAIN, "-i", f"{BRIDGE_PREFIX}+", "-o", f"{BRIDGE_PREFIX}+", "-j", "ACCEPT"
+    )
+    iptables("-A", FORWARD_CHAIN, "-i", f"{BRIDGE_PREFIX}+", "-j", "DROP")
+    iptables("-A", FORWARD_CHAIN, "-o", f"{BRIDGE_PREFIX}+", "-m", "conntrack", "--ctstate",
+             "RELATED,ESTABLISHED", "-j", "ACCEPT")  # fmt: skip
+    iptables("-A", FORWARD_CHAIN, "-o", f"{BRIDGE_PREFIX}+", "-s", POD_CIDR, "-j", "ACCEPT")
+    iptables("-A", FORWARD_CHAIN, "-o", f"{BRIDGE_PREFIX}+", "-j", "DROP")
+    iptables("-I", "FORWARD", "1", "-j", FORWARD_CHAIN)
+
+
+IPTABLES_TABLES = ("filter", "nat", "mangle")
+# Chains kubelet, kube-proxy and the CNI plugins create; removed on stop unless they were
+# on the machine before this cluster started.
+OWNED_CHAIN_PREFIXES = ("KUBE-", "CNI-")
+
+
+def owned_chains() -> set[tuple[str, str]]:
+    """(table, chain) of every Kubernetes/CNI chain now present."""
+    found = set()
+    for table in IPTABLES_TABLES:
+        for line in iptables("-t", table, "-S", check=False).stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "-N" and parts[1].startswith(OWNED_CHAIN_PREFIXES):
+                found.add((table, parts[1]))
+    return found
+
+
+def remove_chains(chains: set[tuple[str, str]]) -> None:
+    """Delete the rules that jump to `chains` (in any chain), then the chains themselves."""
+    for table in IPTABLES_TABLES:
+        mine = {c for t, c in chains if t == table}
+        if not mine:
+            continue
+        for line in iptables("-t", table, "-S", check=False).stdout.splitlines():
+            parts = line.split()
+            if parts[:1] == ["-A"] and "-j" in parts and parts[parts.index("-j") + 1] in mine:
+                iptables("-t", table, "-D", *parts[1:], check=False)
+        for chain in mine:
+            iptables("-t", table, "-F", chain, check=False)
+        for chain in mine:
+            iptables("-t", table, "-X", chain, check=False)
+
+
+def delete_bridge(name: str) -> None:
+    run(["ip", "link", "delete", name, "type", "bridge"], check=False)
+
+
+def create_bridge(node: NodePlan) -> None:
+    delete_bridge(node.bridge)  # a stale one from a crashed run
+    run(["ip", "link", "add", "name", node.bridge, "type", "bridge"])
+    run(["ip", "addr", "add", f"{node.gateway}/{node.subnet.prefixlen}", "dev", node.bridge])
+    run(["ip", "link", "set", node.bridge, "up"])
+
+
+def check_subnets_free(nodes: list[NodePlan]) -> None:
+    """Refuse to start when the machine already routes our pod or service ranges."""
+    routes = run(["ip", "-4", "route", "show"]).stdout.splitlines()
+    ours = [ipaddress.ip_network(POD_CIDR), ipaddress.ip_network(SERVICE_CIDR)]
+    bridges = {n.bridge for n in nodes}
+    for line in routes:
+        parts = line.split()
+        if not parts or parts[0] == "default":
+            continue
+        dev = parts[parts.index("dev") + 1] if "dev" in parts else ""
+        if dev in bridges:
+            continue
+        with contextlib.suppress(ValueError):
+            net = ipaddress.ip_network(parts[0], strict=False)
+            for mine in ours:
+                if net.overlaps(mine):
+                    raise ClusterError(f"route {line!r} overlaps {mine}: pick other ranges")
+
+
+# --- cgroups and mounts ------------------------------------------------------------------
+
+
+def cgroup_hierarchies() -> list[Path]:
+    base = Path("/sys/fs/cgroup")
+    return [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]
+
+
+def prepare_cgroup_root(root: str) -> None:
+    """kubelet wants its --cgroup-root to exist in every hierarchy; cpuset needs its cpus
+    and mems copied from the parent or no task can join it."""
+    for h in cgroup_hierarchies():
+        d = h / root.lstrip("/")
+        d.mkdir(exist_ok=True)
+        if h.name == "cpuset":
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                (d / f).write_text((h / f).read_text())
+
+
+def remove_cgroup_tree(root: str) -> None:
+    for h in cgroup_hierarchies():
+        top = h / root.lstrip("/")
+        if not top.exists():
+            continue
+        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        for d in [*dirs, top]:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+# Host paths every kubelet/containerd uses whatever its flags say (kubelet's pod logs, the
+# container-log symlinks, runc's state, CNI's network namespaces). Each node gets its own
+# copy, bind-mounted in the node's private mount namespace, so the two nodes never see (or
+# garbage-collect) each other's files and nothing lands in the machine's own directories.
+NODE_PRIVATE_DIRS = ("/var/log/pods", "/var/log/containers", "/run/containerd", "/run/netns")
+
+
+def mount_namespace(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/mnt")
+
+
+def pids_in_mount_namespace(ns: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "ns" / "mnt") == ns:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def kill_mount_namespace(ns: str, timeout: float = 15.0) -> None:
+    """SIGKILL every process in a node's private mount namespace (the node's containerd,
+    shims and containers: all started by this harness) until none is left. The namespace,
+    its mounts and the pods' network namespaces disappear with the last one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = [p for p in pids_in_mount_namespace(ns) if p != os.getpid()]
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+    log(f"processes left in mount namespace {ns}: {pids_in_mount_namespace(ns)}")
+
+
+# --- cluster DNS -------------------------------------------------------------------------
+
+
+class DnsUpdater:
+    """Regenerates dnsmasq's hosts file from the cluster's Services (polling once a
+    second) and tells dnsmasq to reread it (SIGHUP)."""
+
+    def __init__(self, kubeconfig: Path, hosts_file: Path, pid: Callable[[], int | None]) -> None:
+        self._kubeconfig = kubeconfig
+        self._hosts = hosts_file
+        self._pid = pid
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dns-updater", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        from kubernetes import client, config
+
+        api = client.CoreV1Api(config.new_client_from_config(config_file=str(self._kubeconfig)))
+        last = ""
+        while not self._stop.is_set():
+            try:
+                svcs = api.list_service_for_all_namespaces(_preload_content=False)
+                eps = api.list_endpoints_for_all_namespaces(_preload_content=False)
+                text = dns_hosts(json.loads(svcs.data)["items"], json.loads(eps.data)["items"])
+                if text != last:
+                    self._hosts.write_text(text)
+                    pid = self._pid()
+                    if pid:
+                        os.kill(pid, signal.SIGHUP)
+                    last = text
+            except Exception as exc:  # the API server may be restarting; try again
+                log(f"dns updater: {exc}")
+            self._stop.wait(1.0)
+
+
+# --- the cluster -------------------------------------------------------------------------
+
+
+@dataclass
+class LocalCluster:
+    workdir: Path
+    bin_dir: Path
+    pause_archive: Path
+    nodes: list[NodePlan] = field(default_factory=default_nodes)
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    api_port: int = 0
+    node_cache: Path | None = field(default_factory=lambda: NODE_CACHE if str(NODE_CACHE) else None)
+    procs: Processes = field(init=False)
+    _saved_sysctls: dict[str, str] = field(default_factory=dict)
+    _node_ns: dict[str, str] = field(default_factory=dict)  # node name -> mnt namespace id
+    _created_dirs: list[Path] = field(default_factory=list)
+    _chains_before: set[tuple[str, str]] = field(default_factory=set)
+    _dns: DnsUpdater | None = None
+    _lock_fd: int | None = None
+
+    def __post_init__(self) -> None:
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        self.procs = Processes(self.workdir / "logs")
+
+    # public surface used by the e2e suite
+    @property
+    def server(self) -> str:
+        return f"https://{self.nodes[0].gateway}:{self.api_port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    def node_names(self, role: str | None = None) -> list[str]:
+        return [n.name for n in self.nodes if role is None or n.role == role]
+
+    def load_image(self, archive: Path) -> None:
+        """Import an OCI archive into every node's containerd (there is no registry), the
+        nodes in parallel (unpacking is most of the time). A node that already holds the
+        image (same reference, same manifest digest) skips it; older tags of the same
+        repository are removed (containerd then collects their unshared layers)."""
+        socks = [self._node_socket(n) for n in self.nodes]
+        with ThreadPoolExecutor(len(socks)) as pool:
+            list(pool.map(lambda sock: self._import(sock, archive), socks))
+
+    # lifecycle
+    def start(self, timeout: float = 180.0) -> LocalCluster:
+        t0 = time.monotonic()
+        self._take_machine_lock()
+        self._clean_stale_host_state()
+        check_subnets_free(self.nodes)
+        self._chains_before = owned_chains()
+        for name in RESTORED_SYSCTLS:
+            self._saved_sysctls[name] = read_sysctl(name)
+        self._save_state()  # before the first change to the machine
+        for name, value in SYSCTLS.items():
+            write_sysctl(name, value)
+        for node in self.nodes:
+            create_bridge(node)
+        install_forward_chain()
+        self._start_control_plane(timeout)
+        self._save_state()
+        self._start_dns()
+        for node in self.nodes:
+            self._start_node(node)
+            self._save_state()
+        self._start_kube_proxy()
+        self._save_state()
+        self._wait_nodes_ready(timeout)
+        log(f"cluster up in {time.monotonic() - t0:.1f}s: KUBECONFIG={self.kubeconfig}")
+        return self
+
+    def stop(self) -> None:
+        """Stop everything this cluster started and put the host back as it was."""
+        t0 = time.monotonic()
+        if self._dns:
+            self._dns.stop()
+        # Kubelets first (so nothing restarts containers), then everything in each node's
+        # mount namespace (containerd, shims, containers), then the control plane.
+        phases = [time.monotonic()]
+        self.procs.stop([n for n in self.procs.procs if n.startswith("kubelet")])
+        if self.node_cache is not None:
+            for node in self.nodes:
+                if node.name in self._node_ns:
+                    self._remove_node_containers(node)
+        phases.append(time.monotonic())
+        for ns in self._node_ns.values():
+            kill_mount_namespace(ns)
+        phases.append(time.monotonic())
+        self.procs.stop()
+        phases.append(time.monotonic())
+        log("stop: kubelets+containers {:.1f}s, node namespaces {:.1f}s, control plane {:.1f}s".format(
+            *(b - a for a, b in itertools.pairwise(phases))))  # fmt: skip
+        kube_proxy = self.bin_dir / "kube-proxy"
+        run([str(kube_proxy), "--cleanup", "--proxy-mode=iptables"], check=False)
+        remove_chains(owned_chains() - self._chains_before)
+        for d in reversed(self._created_dirs):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if still empty
+        for node in self.nodes:
+            remove_cgroup_tree(node.cgroup_root)
+            delete_bridge(node.bridge)
+        remove_forward_chain()
+        for name, value in self._saved_sysctls.items():
+            with contextlib.suppress(OSError):
+                write_sysctl(name, value)
+        STATE_FILE.unlink(missing_ok=True)
+        self._release_machine_lock()
+        log(f"cluster stopped in {time.monotonic() - t0:.1f}s")
+
+    # --- steps --------------------------------------------------------------------------
+
+    def _take_machine_lock(self, timeout: float = 1800.0) -> None:
+        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise ClusterError(f"another local cluster holds {LOCK_FILE}") from None
+                time.sleep(1)
+        self._lock_fd = fd
+
+    def _release_machine_lock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _save_state(self) -> None:
+        state = {
+            "workdir": str(self.workdir),
+            "processes": self.procs.records(),
+            "mount_namespaces": list(self._node_ns.values()),
+            "created_dirs": [str(d) for d in self._created_dirs],
+            "sysctls": self._saved_sysctls,
+            "chains_before": sorted(self._chains_before),
+        }
+        STATE_FILE.write_text(json.dumps(state))
+
+    def _clean_stale_host_state(self) -> None:
+        """A run that was killed hard leaves its processes, bridges, chains and cgroups:
+        stop and drop them (we hold the machine lock, so nothing else uses them)."""
+        if STATE_FILE.exists():
+            with contextlib.suppress(ValueError, OSError):
+                stale = json.loads(STATE_FILE.read_text())
+                log(f"cleaning up after an earlier cluster in {stale.get('workdir')}")
+                kill_recorded(stale.get("processes", []))
+                for ns in stale.get("mount_namespaces", []):
+                    kill_mount_namespace(ns)
+                shutil.rmtree(stale.get("workdir", ""), ignore_errors=True)
+                for d in reversed(stale.get("created_dirs", [])):
+                    with contextlib.suppress(OSError):
+                        Path(d).rmdir()
+                before = {(t, c) for t, c in stale.get("chains_before", [])}
+                remove_chains(owned_chains() - before)
+                for name, value in stale.get("sysctls", {}).items():
+                    with contextlib.suppress(OSError):
+                        write_sysctl(name, value)
+            STATE_FILE.unlink(missing_ok=True)
+        for node in self.nodes:
+            delete_bridge(node.bridge)
+            remove_cgroup_tree(node.cgroup_root)
+        remove_forward_chain()
+        run([str(self.bin_dir / "kube-proxy"), "--cleanup", "--proxy-mode=iptables"], check=False)
+
+    def _node_dir(self, node: NodePlan) -> Path:
+        return self.workdir / node.name
+
+    def _start_control_plane(self, timeout: float) -> None:
+        wd = self.workdir
+        certs = wd / "certs"
+        certs.mkdir(exist_ok=True)
+        sa_key = wd / "sa.key"
+        run(["openssl", "genrsa", "-out", str(sa_key), "2048"])
+        run(["openssl", "rsa", "-in", str(sa_key), "-pubout", "-out", str(wd / "sa.pub")])
+        (wd / "tokens.csv").write_text(f'{self.token},admin,admin,"system:masters"\n')
+        etcd_port, peer_port = free_port(), free_port()
+        api_host = self.nodes[0].gateway
+        self.api_port = self.api_port or free_port(api_host)
+        etcd = shutil.which("etcd") or "/usr/bin/etcd"
+        self.procs.spawn(
+            "etcd",
+            [etcd, "--name=dp", f"--data-dir={wd / 'etcd'}",
+             f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+             f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+             f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+             f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+             f"--initial-cluster=dp=http://127.0.0.1:{peer_port}",
+             "--unsafe-no-fsync"],
+        )  # fmt: skip
+        self.procs.spawn(
+            "kube-apiserver",
+            [str(self.bin_dir / "kube-apiserver"),
+             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+             f"--bind-address={api_host}", f"--advertise-address={api_host}",
+             f"--secure-port={self.api_port}", "--insecure-port=0",
+             f"--cert-dir={certs}", f"--token-auth-file={wd / 'tokens.csv'}",
+             "--authorization-mode=Node,RBAC",
+             f"--service-account-key-file={wd / 'sa.pub'}",
+             f"--service-account-signing-key-file={sa_key}",
+             "--service-account-issuer=https://kubernetes.default.svc",
+             f"--service-cluster-ip-range={SERVICE_CIDR}",
+             "--kubelet-preferred-address-types=InternalIP",
+             "--allow-privileged=true", "--profiling=false",
+             "--enable-admission-plugins=NodeRestriction"],
+        )  # fmt: skip
+        wait_for("kube-apiserver /readyz", self._api_ready, timeout, self.procs.check_alive)
+        # The API server made its self-signed serving cert (valid for the bridge address and
+        # the `kubernetes` Service) on start: clients verify against it.
+        self.kubeconfig.write_text(
+            kubeconfig_text(self.server, self.token, certs / "apiserver.crt")
+        )
+        self.procs.spawn(
+            "kube-controller-manager",
+            [str(self.bin_dir / "kube-controller-manager"),
+             f"--kubeconfig={self.kubeconfig}", "--leader-elect=false",
+             "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--port=0",
+             f"--service-account-private-key-file={sa_key}",
+             f"--root-ca-file={certs / 'apiserver.crt'}",
+             f"--cluster-cidr={POD_CIDR}", f"--service-cluster-ip-range={SERVICE_CIDR}",
+             "--use-service-account-credentials=false",
+             "--concurrent-gc-syncs=5", "--node-monitor-grace-period=20s",
+             "--pod-eviction-timeout=30s"],
+        )  # fmt: skip
+        self.procs.spawn(
+            "kube-scheduler",
+            [str(self.bin_dir / "kube-scheduler"), f"--kubeconfig={self.kubeconfig}",
+             "--leader-elect=false", "--bind-address=127.0.0.1",
+             f"--secure-port={free_port()}", "--port=0"],
+        )  # fmt: skip
+
+    def _api_ready(self) -> bool:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        req = urllib.request.Request(
+            f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(req, context=ctx, timeout=2) as r:
+            return bool(r.status == 200)
+
+    def _start_dns(self) -> None:
+        d = self.workdir / "dns"
+        d.mkdir(exist_ok=True)
+        hosts = d / "hosts"
+        hosts.write_text("")
+        self.procs.spawn(
+            "dnsmasq",
+            ["dnsmasq", "--keep-in-foreground", "--log-facility=-",
+             f"--listen-address={dns_address(self.nodes)}", "--bind-interfaces",
+             "--port=53", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}",
+             f"--local=/{CLUSTER_DOMAIN}/", f"--pid-file={d / 'dnsmasq.pid'}",
+             "--user=root", "--group=root", "--cache-size=0"],
+        )  # fmt: skip
+        proc = self.procs.procs["dnsmasq"]
+        self._dns = DnsUpdater(self.kubeconfig, hosts, lambda: proc.pid)
+        self._dns.start()
+        # The node's resolv.conf for pods with dnsPolicy Default: our DNS only.
+        (d / "resolv.conf").write_text(f"nameserver {dns_address(self.nodes)}\n")
+
+    def _start_node(self, node: NodePlan) -> None:
+        nd = self._node_dir(node)
+        cd = nd / "containerd"
+        (cd / "cni").mkdir(parents=True, exist_ok=True)
+        root = None
+        if self.node_cache is not None:
+            root = self.node_cache / node.name / "containerd-root"
+            root.mkdir(parents=True, exist_ok=True)
+        (cd / "config.toml").write_text(containerd_config(node, cd, root))
+        conflist = cni_conflist(node, nd / "cni-ipam")
+        (cd / "cni" / "10-dualpath.conflist").write_text(json.dumps(conflist, indent=2))
+        sock = cd / "containerd.sock"
+        enter = self._node_mount_namespace(node)
+        self.procs.spawn(
+            f"containerd-{node.name}", [*enter, "containerd", "--config", str(cd / "config.toml")]
+        )
+        wait_for(f"containerd of {node.name}", sock.exists, 30, self.procs.check_alive)
+        self._import(sock, self.pause_archive)
+        prepare_cgroup_root(node.cgroup_root)
+        kd = nd / "kubelet"
+        kd.mkdir(exist_ok=True)
+        healthz = free_port()
+        cfg = kubelet_config(
+            node, healthz, dns_address(self.nodes), self.workdir / "dns" / "resolv.conf"
+        )
+        (kd / "config.json").write_text(cfg)
+        self.procs.spawn(
+            f"kubelet-{node.name}",
+            [*enter, str(self.bin_dir / "kubelet"), f"--config={kd / 'config.json'}",
+             f"--kubeconfig={self.kubeconfig}", "--container-runtime=remote",
+             f"--container-runtime-endpoint=unix://{sock}",
+             f"--hostname-override={node.name}", f"--node-ip={node.gateway}",
+             f"--root-dir={kd / 'root'}", f"--cert-dir={kd / 'pki'}",
+             f"--volume-plugin-dir={kd / 'volume-plugins'}",
+             f"--node-labels={ROLE_LABEL}={node.role}", "--register-node=true",
+             f"--pod-infra-container-image={PAUSE_REF}", "--v=1"],
+        )  # fmt: skip
+
+    def _node_mount_namespace(self, node: NodePlan) -> list[str]:
+        """Start the node's mount-namespace holder (a `sleep` in a private mount namespace),
+        bind the node's own copies of NODE_PRIVATE_DIRS there, and return the nsenter
+        prefix that runs a command inside it."""
+        nd = self._node_dir(node)
+        name = f"mntns-{node.name}"
+        self.procs.spawn(
+            name, ["unshare", "--mount", "--propagation", "private", "sleep", "infinity"]
+        )
+        pid = self.procs.procs[name].pid
+        host_ns = mount_namespace(os.getpid())
+        wait_for(f"{name}", lambda: mount_namespace(pid) != host_ns, 10, self.procs.check_alive)
+        self._node_ns[node.name] = mount_namespace(pid)
+        enter = ["nsenter", f"--target={pid}", "--mount", "--"]
+        for target in NODE_PRIVATE_DIRS:
+            self._ensure_dir(Path(target))
+            source = nd / "private" / target.strip("/").replace("/", "-")
+            source.mkdir(parents=True, exist_ok=True)
+            run([*enter, "mount", "--bind", str(source), target])
+        return enter
+
+    def _ensure_dir(self, path: Path) -> None:
+        """Create a mount point (and parents) that the machine lacks; removed on stop."""
+        missing = []
+        p = path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            d.mkdir()
+            self._created_dirs.append(d)
+
+    def _node_socket(self, node: NodePlan) -> Path:
+        return self._node_dir(node) / "containerd" / "containerd.sock"
+
+    def _import(self, sock: Path, archive: Path) -> None:
+        ref, digest = archive_reference(archive)
+        ctr = ["ctr", "--address", str(sock), "-n", "k8s.io"]
+        images = node_images(run([*ctr, "images", "ls"], check=False).stdout)
+        if images.get(ref) != digest:
+            out = run([*ctr, "images", "import", str(archive)], check=False)
+            if out.returncode != 0:
+                raise ClusterError(f"ctr import {archive} failed: {out.stderr}")
+        repository = ref.rsplit(":", 1)[0]
+        stale = [r for r in images if r != ref and r.rsplit(":", 1)[0] == repository]
+        if stale:
+            run([*ctr, "images", "rm", *stale], check=False)
+
+    def _remove_node_containers(self, node: NodePlan) -> None:
+        """Kill and delete every container of a node through its containerd, so the cached
+        root holds images only (the next run's kubelet finds no stale sandboxes)."""
+        ctr = ["ctr", "--address", str(self._node_socket(node)), "-n", "k8s.io"]
+        containers = run([*ctr, "containers", "ls", "-q"], check=False).stdout.split()
+        for cid in containers:
+            run([*ctr, "tasks", "rm", "-f", cid], check=False)
+        if containers:
+            run([*ctr, "containers", "rm", *containers], check=False)
+
+    def _start_kube_proxy(self) -> None:
+        # One kube-proxy for both nodes: they share the machine's network namespace.
+        self.procs.spawn(
+            "kube-proxy",
+            [str(self.bin_dir / "kube-proxy"), f"--kubeconfig={self.kubeconfig}",
+             "--proxy-mode=iptables", f"--hostname-override={self.nodes[0].name}",
+             f"--cluster-cidr={POD_CIDR}", "--masquerade-all",
+             "--conntrack-max-per-core=0", f"--nodeport-addresses={POD_CIDR}",
+             f"--metrics-bind-address=127.0.0.1:{free_port()}",
+             f"--healthz-bind-address=127.0.0.1:{free_port()}", "--v=1"],
+        )  # fmt: skip
+
+    def _wait_nodes_ready(self, timeout: float) -> None:
+        from kubernetes import client, config
+
+        api = client.CoreV1Api(config.new_client_from_config(config_file=str(self.kubeconfig)))
+
+        def all_ready() -> bool:
+            nodes = api.list_node().items
+            ready = {
+                n.metadata.name
+                for n in nodes
+                if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+            }
+            return ready >= set(self.node_names())
+
+        wait_for("both nodes Ready", all_ready, timeout, self.procs.check_alive)
+
+
+@contextlib.contextmanager
+def local_cluster(pause_archive: Path, workdir: Path | None = None) -> Iterator[LocalCluster]:
+    problems = missing_prerequisites()
+    if problems:
+        raise ClusterError("; ".join(problems))
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.mkdtemp(prefix="dualpath-cluster-")
+        workdir = Path(tmp)
+    cluster = LocalCluster(workdir=workdir, bin_dir=k8s_bin_dir(), pause_archive=pause_archive)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        if tmp and not os.environ.get("DUALPATH_KEEP_CLUSTER_DIR"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_images() -> dict[str, dict[str, str]]:
+    """Run hack/image-build.sh (cached); returns {"dualpath": {ref, archive}, "pause": ...}."""
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "image-build.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    images: dict[str, dict[str, str]] = json.loads(out.stdout.strip().splitlines()[-1])
+    return images
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    # Stop cleanly on SIGTERM too (and on SIGINT even when started in the background,
+    # where the shell made the process ignore it).
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    imgs = build_images()
+    with local_cluster(Path(imgs["pause"]["archive"])) as c:
+        c.load_image(Path(imgs["dualpath"]["archive"]))
+        print(f"export KUBECONFIG={c.kubeconfig}", flush=True)
+        print(f"# image: {imgs['dualpath']['ref']}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
