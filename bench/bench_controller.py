@@ -5,11 +5,16 @@
    like the paper's 64K trace while a bounded number stay in flight (the oldest is released
    as a new one comes). Reports decisions/s on one core and p50/p99 decision latency.
 2. Over gRPC on loopback: the real controller process (`dualpath controller`) with the same
-   1,152 engines registered; client processes offer a fixed rate of Schedule calls (open
-   loop) and Complete each request after a hold time. Reports the sustained decisions/s and
-   p50/p99 latency seen by the clients, then a closed-loop run for the saturation rate.
+   1,152 engines registered; client processes (separate from the server) offer a fixed rate
+   of requests (open loop), each Scheduled and Completed after a hold time, once with the
+   unary calls and once over Session streams (`ControllerSession`, one or more streams per
+   client process, like several frontends), side by side in the same run (orders alternate
+   when repeated). Reports sustained decisions/s, p50/p99/p999 latency, errors, and CPU
+   seconds per request of the server and of the client processes (from /proc and
+   process_time), with the load average, since the machine may be shared.
+   Optionally a closed-loop run per API for the saturation rate.
 
-    python bench/bench_controller.py                        # full run (~1 minute)
+    python bench/bench_controller.py                        # full run (~2 minutes)
     python bench/bench_controller.py --quick --json out.json
 
 Targets (issue 4): >= 20,000 decisions/s in-process on one core; p99 < 2 ms over gRPC at
@@ -20,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -29,14 +36,23 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import grpc
+import httpx
 from dualpath.v1 import traffic_controller_pb2 as pb
 from dualpath.v1 import traffic_controller_pb2_grpc as pb_grpc
 from dualpath_common.models import MODEL_PRESETS
-from dualpath_controller.client import ControllerClient
+from dualpath_controller.client import (
+    RELEASE_LINGER_S,
+    AsyncControllerSession,
+    ControllerClient,
+    ControllerSession,
+)
 from dualpath_controller.policy import (
     ClusterView,
     EngineState,
@@ -46,6 +62,7 @@ from dualpath_controller.policy import (
     policy_names,
 )
 from dualpath_controller.process import ControllerProcess
+from prometheus_client.parser import text_string_to_metric_families
 
 PREFILL_NODES = 48
 DECODE_NODES = 96
@@ -76,17 +93,18 @@ def engines() -> list[EngineState]:
     return out
 
 
-def requests(n: int, seed: int, prefix: str = "r") -> list[Request]:
+def iter_requests(seed: int, prefix: str = "r") -> Iterator[Request]:
+    """Endless requests shaped like the 64K trace (deterministic for a seed)."""
     rng = random.Random(seed)
-    out = []
-    for i in range(n):
+    for i in itertools.count():
         total = min(MAX_CONTEXT, max(1_000, int(rng.expovariate(1 / MEAN_CONTEXT))))
         append = min(total, max(1, int(rng.expovariate(1 / MEAN_APPEND))))
         output = max(1, int(rng.expovariate(1 / MEAN_OUTPUT)))
-        out.append(
-            Request(f"{prefix}{i}", total, total - append, append, output, KV_BYTES_PER_TOKEN)
-        )
-    return out
+        yield Request(f"{prefix}{i}", total, total - append, append, output, KV_BYTES_PER_TOKEN)
+
+
+def requests(n: int, seed: int, prefix: str = "r") -> list[Request]:
+    return list(itertools.islice(iter_requests(seed, prefix), n))
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -180,232 +198,488 @@ def _message(request: Request) -> pb.ScheduleRequest:
     )
 
 
-async def _open_loop(
-    target: str, rate: float, seconds: float, hold_s: float, seed: int, prefix: str
-) -> dict[str, object]:
-    n = int(rate * seconds)
-    batch = [_message(r) for r in requests(n, seed, prefix)]
-    service: list[float] = []
-    from_schedule: list[float] = []
-    errors: dict[str, int] = {}
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.TrafficControllerStub(channel)
-        await channel.channel_ready()
+# unary: one Schedule and one Complete call per request (ControllerClient's stub, futures);
+# session: ControllerSession (threaded frontend: a pacing thread hands operations over);
+# session-async: AsyncControllerSession (asyncio frontend: pacing and answers on one loop).
+APIS = ("unary", "session", "session-async")
+
+
+@dataclass(frozen=True)
+class ClientJob:
+    """What one client process does (picklable: sent to a spawned process)."""
+
+    api: str  # "unary": Schedule/Complete calls; "session": ControllerSession streams
+    target: str
+    rate: float  # this process's share of the offered rate (open loop); 0 = closed loop
+    seconds: float
+    hold_s: float
+    seed: int
+    prefix: str
+    streams: int = 1
+    max_batch: int = 256
+    concurrency: int = 0  # closed loop: requests kept in flight by this process
+    release_linger_s: float = RELEASE_LINGER_S
+
+
+class _UnaryApi:
+    """Blocking-client futures: gRPC's threads run the callbacks. Cheaper per call on the
+    client than grpc.aio (measured when this bench was written)."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.insecure_channel(target)
+        grpc.channel_ready_future(self.channel).result(timeout=30)
+        self.stub = pb_grpc.TrafficControllerStub(self.channel)
+        # gRPC cancels a call whose future is garbage-collected: keep them until they finish.
+        self.live: set[grpc.Future] = set()
+
+    def _keep(self, call: grpc.Future) -> grpc.Future:
+        self.live.add(call)
+        call.add_done_callback(self.live.discard)
+        return call
+
+    def schedule(self, message: pb.ScheduleRequest) -> grpc.Future:
+        return self._keep(self.stub.Schedule.future(message, timeout=30))
+
+    def complete(self, request_id: str) -> grpc.Future:
+        return self._keep(
+            self.stub.Complete.future(pb.CompleteRequest(request_id=request_id), timeout=30)
+        )
+
+    def stats(self) -> dict[str, object]:
+        return {}
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class _SessionApi:
+    def __init__(self, target: str, streams: int, max_batch: int, linger_s: float) -> None:
+        self.session = ControllerSession(
+            target,
+            streams=streams,
+            timeout_s=30,
+            max_batch=max_batch,
+            release_linger_s=linger_s,
+        )
+        self.session.wait_ready(30)
+        self.session.connect()  # open the streams before the clock starts
+
+    def schedule(self, message: pb.ScheduleRequest) -> Any:
+        return self.session.submit(schedule=message)
+
+    def complete(self, request_id: str) -> Any:
+        return self.session.submit(complete=pb.CompleteRequest(request_id=request_id))
+
+    def stats(self) -> dict[str, object]:
+        messages, operations = self.session.batching()
+        return {
+            "streams": len(self.session._core.streams),
+            "messages_sent": messages,
+            "operations_sent": operations,
+            "streams_opened": self.session.streams_opened,
+        }
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _api(job: ClientJob) -> _UnaryApi | _SessionApi:
+    if job.api == "unary":
+        return _UnaryApi(job.target)
+    return _SessionApi(job.target, job.streams, job.max_batch, job.release_linger_s)
+
+
+class _Recorder:
+    """Latencies and outcomes, filled by callbacks on gRPC / session reader threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.service: list[float] = []  # send -> answer
+        self.from_planned: list[float] = []  # planned send time -> answer (pacing lag too)
+        self.errors: dict[str, int] = {}
+        self.examples: dict[str, str] = {}
+        self.completes_done = 0
+        self.last_answer = 0.0
+
+    def error(self, key: str, exc: BaseException) -> None:
+        with self.lock:
+            self.errors[key] = self.errors.get(key, 0) + 1
+            self.examples.setdefault(key, str(exc)[:600])
+
+
+def _code(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    return code().name if callable(code) else type(exc).__name__
+
+
+def _open_loop(job: ClientJob) -> dict[str, object]:
+    """Offer job.rate Schedules/s for job.seconds; Complete each hold_s after its answer."""
+    n = int(job.rate * job.seconds)
+    batch = [_message(r) for r in requests(n, job.seed, job.prefix)]
+    api = _api(job)
+    rec = _Recorder()
+    due: deque[tuple[float, str]] = deque()  # (complete at, request id), in answer order
+    completes_sent = 0
+
+    def scheduled(rid: str, sent: float, planned: float, future: Any) -> None:
+        now = time.perf_counter()
+        exc = future.exception()
+        if exc is not None:
+            rec.error(_code(exc), exc)
+            return
+        with rec.lock:
+            rec.service.append(now - sent)
+            rec.from_planned.append(now - planned)
+            rec.last_answer = now
+        due.append((now + job.hold_s, rid))
+
+    def completed(future: Any) -> None:
+        exc = future.exception()
+        if exc is not None:
+            rec.error(f"complete:{_code(exc)}", exc)
+        with rec.lock:
+            rec.completes_done += 1
+
+    def send_due_completes(now: float) -> None:
+        nonlocal completes_sent
+        while due and due[0][0] <= now:
+            _, rid = due.popleft()
+            api.complete(rid).add_done_callback(completed)
+            completes_sent += 1
+
+    cpu_started = time.process_time()
+    start = time.perf_counter() + 0.05
+    for i, message in enumerate(batch):
+        planned = start + i / job.rate
+        while (now := time.perf_counter()) < planned:
+            send_due_completes(now)
+            time.sleep(planned - now)  # hrtimer: ~50-100 us late at most on an idle core
+        call = api.schedule(message)
+        call.add_done_callback(partial(scheduled, message.request_id, now, planned))
+    offered_s = time.perf_counter() - start
+    give_up = time.perf_counter() + job.hold_s + 60
+    while time.perf_counter() < give_up:
+        send_due_completes(time.perf_counter())
+        with rec.lock:
+            answered = len(rec.service) + sum(v for k, v in rec.errors.items() if ":" not in k)
+            finished = rec.completes_done == completes_sent == len(rec.service)
+        if answered == n and finished:
+            break
+        time.sleep(0.005)
+    cpu_s = time.process_time() - cpu_started
+    stats = api.stats()
+    api.close()
+    return {
+        "service": rec.service,
+        "from_planned": rec.from_planned,
+        "errors": rec.errors,
+        "error_examples": rec.examples,
+        "offered_s": offered_s,
+        "answered_s": (rec.last_answer - start) if rec.service else offered_s,
+        "sent": n,
+        "completes_sent": completes_sent,
+        "client_cpu_s": cpu_s,
+        "api_stats": stats,
+    }
+
+
+def _closed_loop(job: ClientJob) -> dict[str, object]:
+    """Keep job.concurrency requests in flight (each answer Completes its request and sends
+    the next Schedule) for job.seconds: the saturation rate."""
+    reqs = iter_requests(job.seed, job.prefix)
+    api = _api(job)
+    rec = _Recorder()
+    stop_at = time.perf_counter() + job.seconds
+    active = threading.Semaphore(0)
+
+    def send() -> None:
+        if time.perf_counter() >= stop_at:
+            active.release()
+            return
+        with rec.lock:  # callbacks may run on several threads; a generator is not shared
+            message = _message(next(reqs))
+        sent = time.perf_counter()
+        api.schedule(message).add_done_callback(partial(answered, message.request_id, sent))
+
+    def answered(rid: str, sent: float, future: Any) -> None:
+        now = time.perf_counter()
+        exc = future.exception()
+        if exc is not None:
+            rec.error(_code(exc), exc)
+        else:
+            with rec.lock:
+                rec.service.append(now - sent)
+            api.complete(rid)
+        send()
+
+    cpu_started = time.process_time()
+    started = time.perf_counter()
+    for _ in range(job.concurrency):
+        send()
+    for _ in range(job.concurrency):
+        active.acquire(timeout=job.seconds + 60)
+    elapsed = time.perf_counter() - started
+    time.sleep(0.2)  # let the last Completes go out before closing
+    cpu_s = time.process_time() - cpu_started
+    api.close()
+    return {
+        "service": rec.service,
+        "from_planned": [],
+        "errors": rec.errors,
+        "error_examples": rec.examples,
+        "offered_s": elapsed,
+        "answered_s": elapsed,
+        "sent": len(rec.service),
+        "client_cpu_s": cpu_s,
+        "api_stats": {},
+    }
+
+
+async def _open_loop_async(job: ClientJob) -> dict[str, object]:
+    """_open_loop for an asyncio frontend: everything on one event loop."""
+    n = int(job.rate * job.seconds)
+    batch = [_message(r) for r in requests(n, job.seed, job.prefix)]
+    rec = _Recorder()
+    completes_sent = 0
+    async with AsyncControllerSession(
+        job.target,
+        streams=job.streams,
+        timeout_s=30,
+        max_batch=job.max_batch,
+        release_linger_s=job.release_linger_s,
+    ) as session:
+        await session.wait_ready(30)
+        session.connect()
         loop = asyncio.get_running_loop()
-        pending: set[asyncio.Task[None]] = set()
 
-        outstanding = 0  # scheduled requests not yet completed
+        def completed(future: asyncio.Future[Any]) -> None:
+            exc = future.exception()
+            if exc is not None:
+                rec.error(f"complete:{_code(exc)}", exc)
+            rec.completes_done += 1
 
-        async def complete(rid: str) -> None:
-            nonlocal outstanding
-            try:
-                await stub.Complete(pb.CompleteRequest(request_id=rid), timeout=10)
-            except grpc.RpcError as exc:
-                key = f"complete:{exc.code().name}"
-                errors[key] = errors.get(key, 0) + 1
-            finally:
-                outstanding -= 1
+        def send_complete(rid: str) -> None:
+            nonlocal completes_sent
+            completes_sent += 1
+            session.complete_nowait(rid).add_done_callback(completed)
 
-        def later(rid: str) -> None:
-            task = loop.create_task(complete(rid))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-
-        async def fire(message: pb.ScheduleRequest, planned: float) -> None:
-            nonlocal outstanding
-            t0 = time.perf_counter()
-            try:
-                await stub.Schedule(message, timeout=10)
-            except grpc.RpcError as exc:
-                errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+        def scheduled(rid: str, sent: float, planned: float, future: asyncio.Future[Any]) -> None:
+            now = time.perf_counter()
+            exc = future.exception()
+            if exc is not None:
+                rec.error(_code(exc), exc)
                 return
-            t1 = time.perf_counter()
-            service.append(t1 - t0)
-            from_schedule.append(t1 - planned)
-            outstanding += 1
-            loop.call_later(hold_s, later, message.request_id)
+            rec.service.append(now - sent)
+            rec.from_planned.append(now - planned)
+            rec.last_answer = now
+            loop.call_later(job.hold_s, send_complete, rid)
 
+        cpu_started = time.process_time()
         start = time.perf_counter() + 0.05
         for i, message in enumerate(batch):
-            planned = start + i / rate
+            planned = start + i / job.rate
             delay = planned - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = loop.create_task(fire(message, planned))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        offered_s = time.perf_counter() - start
-        # Wait for every Schedule to answer and every Complete to go out and come back.
-        give_up = time.perf_counter() + hold_s + 30
-        while (pending or outstanding > 0) and time.perf_counter() < give_up:
-            await asyncio.sleep(0.05)
-    return {
-        "service": service,
-        "from_schedule": from_schedule,
-        "errors": errors,
-        "offered_s": offered_s,
-        "sent": n,
-    }
-
-
-def _open_loop_futures(
-    target: str, rate: float, seconds: float, hold_s: float, seed: int, prefix: str
-) -> dict[str, object]:
-    """Open loop with the blocking client's futures: one pacing thread sends, gRPC's own
-    threads run the callbacks. Cheaper per call than grpc.aio on the client side."""
-    n = int(rate * seconds)
-    batch = [_message(r) for r in requests(n, seed, prefix)]
-    service: list[float] = []
-    from_schedule: list[float] = []
-    errors: dict[str, int] = {}
-    due: deque[tuple[float, str]] = deque()  # (complete at, request id), appended in order
-    # gRPC cancels a call whose future is garbage-collected: keep them until they finish.
-    live_calls: set[grpc.Future] = set()
-    examples: dict[str, str] = {}
-    completes_done = 0
-    lock = threading.Lock()
-    with grpc.insecure_channel(target) as channel:
-        grpc.channel_ready_future(channel).result(timeout=30)
-        stub = pb_grpc.TrafficControllerStub(channel)
-
-        def scheduled(future: grpc.Future, rid: str, sent: float, planned: float) -> None:
             now = time.perf_counter()
-            live_calls.discard(future)
-            if future.exception() is not None:
-                code = future.code().name
-                with lock:
-                    errors[code] = errors.get(code, 0) + 1
-                    examples.setdefault(code, str(future.exception())[:600])
-                return
-            service.append(now - sent)
-            from_schedule.append(now - planned)
-            due.append((now + hold_s, rid))
-
-        def completed(future: grpc.Future) -> None:
-            nonlocal completes_done
-            live_calls.discard(future)
-            with lock:
-                completes_done += 1
-                if future.exception() is not None:
-                    key = f"complete:{future.code().name}"
-                    errors[key] = errors.get(key, 0) + 1
-                    examples.setdefault(key, str(future.exception())[:600])
-
-        completes_sent = 0
-
-        def send_due_completes(now: float) -> None:
-            nonlocal completes_sent
-            while due and due[0][0] <= now:
-                _, rid = due.popleft()
-                call = stub.Complete.future(pb.CompleteRequest(request_id=rid), timeout=10)
-                live_calls.add(call)
-                call.add_done_callback(completed)
-                completes_sent += 1
-
-        start = time.perf_counter() + 0.05
-        for i, message in enumerate(batch):
-            planned = start + i / rate
-            while (now := time.perf_counter()) < planned:
-                send_due_completes(now)
-                time.sleep(min(0.0005, planned - now))
-            call = stub.Schedule.future(message, timeout=10)
-            live_calls.add(call)
-            call.add_done_callback(
-                lambda f, rid=message.request_id, sent=now, p=planned: scheduled(f, rid, sent, p)
+            session.schedule_nowait(message).add_done_callback(
+                partial(scheduled, message.request_id, now, planned)
             )
         offered_s = time.perf_counter() - start
-        give_up = time.perf_counter() + hold_s + 30
+        give_up = time.perf_counter() + job.hold_s + 60
         while time.perf_counter() < give_up:
-            send_due_completes(time.perf_counter())
-            answered = len(service) + sum(v for k, v in errors.items() if ":" not in k)
-            if answered == n and completes_done == completes_sent == len(service):
+            answered = len(rec.service) + sum(v for k, v in rec.errors.items() if ":" not in k)
+            if answered == n and rec.completes_done == completes_sent == len(rec.service):
                 break
-            time.sleep(0.01)
+            await asyncio.sleep(0.005)
+        cpu_s = time.process_time() - cpu_started
+        messages, operations = session.batching()
+        stats = {
+            "streams": job.streams,
+            "messages_sent": messages,
+            "operations_sent": operations,
+            "streams_opened": session.streams_opened,
+        }
     return {
-        "service": service,
-        "from_schedule": from_schedule,
-        "errors": errors,
-        "error_examples": examples,
+        "service": rec.service,
+        "from_planned": rec.from_planned,
+        "errors": rec.errors,
+        "error_examples": rec.examples,
         "offered_s": offered_s,
+        "answered_s": (rec.last_answer - start) if rec.service else offered_s,
         "sent": n,
+        "completes_sent": completes_sent,
+        "client_cpu_s": cpu_s,
+        "api_stats": stats,
     }
 
 
-def _client_proc(args: tuple[str, float, float, float, int, str, str]) -> dict[str, object]:
-    *rest, kind = args
-    if kind == "aio":
-        return asyncio.run(_open_loop(*rest))  # type: ignore[arg-type]
-    return _open_loop_futures(*rest)  # type: ignore[arg-type]
+def _client_proc(job: ClientJob) -> dict[str, object]:
+    if job.api == "session-async":
+        if job.concurrency:
+            raise ValueError("closed loop runs use the unary and session APIs")
+        return asyncio.run(_open_loop_async(job))
+    return _closed_loop(job) if job.concurrency else _open_loop(job)
 
 
-def bench_grpc_open_loop(
-    target: str, rate: float, seconds: float, hold_s: float, procs: int, seed: int, client: str
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    service = sorted(x for p in parts for x in p["service"])
+    lagged = sorted(x for p in parts for x in p["from_planned"])
+    errors: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    stats: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+        examples.update(p["error_examples"])
+        for k, v in p["api_stats"].items():
+            stats[k] = stats.get(k, 0) + v
+    answered_s = max(float(p["answered_s"]) for p in parts)
+    ms = 1e3
+    out: dict[str, Any] = {
+        "sent": sum(int(p["sent"]) for p in parts),
+        "answered": len(service),
+        # Answers per second from the first planned send to the last answer: a server that
+        # falls behind stretches the denominator.
+        "decisions_per_s": len(service) / answered_s if answered_s > 0 else 0.0,
+        "errors": errors,
+        "error_examples": examples,
+        "p50_ms": percentile(service, 0.50) * ms,
+        "p99_ms": percentile(service, 0.99) * ms,
+        "p999_ms": percentile(service, 0.999) * ms,
+        "max_ms": service[-1] * ms if service else float("nan"),
+        "p99_from_planned_send_ms": percentile(lagged, 0.99) * ms,
+        "client_cpu_s": sum(float(p["client_cpu_s"]) for p in parts),
+    }
+    if stats.get("messages_sent"):
+        stats["operations_per_message"] = round(
+            stats["operations_sent"] / stats["messages_sent"], 3
+        )  # type: ignore[assignment]
+    out["session"] = stats or None
+    return out
+
+
+def gc_pauses(metrics_port: int | None) -> dict[str, list[tuple[float, float]]]:
+    """The controller's GC pause histogram: generation -> [(bucket bound, cumulative count)],
+    plus "sum:<gen>" entries, from its /metrics."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    if metrics_port is None:
+        return out
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        if family.name != "dualpath_controller_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            generation = sample.labels.get("generation", "?")
+            if sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                out.setdefault(generation, []).append((bound, sample.value))
+            elif sample.name.endswith("_sum"):
+                out[f"sum:{generation}"] = [(0.0, sample.value)]
+    return out
+
+
+def gc_delta(
+    before: dict[str, list[tuple[float, float]]], after: dict[str, list[tuple[float, float]]]
 ) -> dict[str, object]:
-    per_proc = rate / procs
+    """GC pauses during a run: count, total seconds and the bucket bound of the largest."""
+    out: dict[str, object] = {}
+    for generation in ("0", "1", "2"):
+        if generation not in after:
+            continue
+        old = dict(before.get(generation, []))
+        buckets = [(b, c - old.get(b, 0.0)) for b, c in after[generation]]
+        count = buckets[-1][1] if buckets else 0.0
+        largest = next((b for b, c in buckets if c >= count), float("nan")) if count else 0.0
+        total = after[f"sum:{generation}"][0][1] - before.get(f"sum:{generation}", [(0, 0)])[0][1]
+        out[f"gen{generation}"] = {
+            "pauses": int(count),
+            "total_ms": round(total * 1e3, 2),
+            "largest_le_ms": largest * 1e3,
+        }
+    return out
+
+
+def bench_grpc_run(
+    api: str,
+    target: str,
+    server_pid: int,
+    *,
+    metrics_port: int | None = None,
+    rate: float,
+    seconds: float,
+    hold_s: float,
+    procs: int,
+    streams: int,
+    max_batch: int,
+    concurrency: int,
+    seed: int,
+    pool: Any,
+    release_linger_s: float = RELEASE_LINGER_S,
+) -> dict[str, Any]:
+    """One open-loop (concurrency 0) or closed-loop run of one API from `procs` client
+    processes; CPU of server and clients measured over the run."""
+    tag = "closed" if concurrency else "open"
     jobs = [
-        (target, per_proc, seconds, hold_s, seed + k, f"open{seed}-{k}-", client)
+        ClientJob(
+            api,
+            target,
+            rate / procs,
+            seconds,
+            hold_s,
+            seed + k,
+            f"{tag}-{api}-{seed}-{k}-",
+            streams,
+            max_batch,
+            concurrency // procs if concurrency else 0,
+            release_linger_s,
+        )
         for k in range(procs)
     ]
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(procs) as pool:
-        parts = pool.map(_client_proc, jobs)
-    service = sorted(x for p in parts for x in p["service"])  # type: ignore[attr-defined]
-    lagged = sorted(x for p in parts for x in p["from_schedule"])  # type: ignore[attr-defined]
-    errors: dict[str, int] = {}
-    for p in parts:
-        for k, v in p["errors"].items():  # type: ignore[attr-defined]
-            errors[k] = errors.get(k, 0) + v
-    examples: dict[str, str] = {}
-    for p in parts:
-        examples.update(p.get("error_examples", {}))  # type: ignore[call-overload]
-    offered_s = max(float(p["offered_s"]) for p in parts)  # type: ignore[arg-type]
-    return {
-        "offered_rate": rate,
-        "seconds": seconds,
-        "client_processes": procs,
-        "client": client,
-        "sent": sum(int(p["sent"]) for p in parts),  # type: ignore[call-overload]
-        "answered": len(service),
-        "decisions_per_s": len(service) / offered_s,
-        "errors": errors,
-        "error_examples": examples,
-        "p50_ms": percentile(service, 0.50) * 1e3,
-        "p99_ms": percentile(service, 0.99) * 1e3,
-        "max_ms": (service[-1] * 1e3) if service else float("nan"),
-        "p99_from_planned_send_ms": percentile(lagged, 0.99) * 1e3,
-    }
+    load_before = os.getloadavg()[0]
+    gc_before = gc_pauses(metrics_port)
+    server_cpu_before = process_cpu_seconds(server_pid)
+    parts = pool.map(_client_proc, jobs)
+    server_cpu = process_cpu_seconds(server_pid) - server_cpu_before
+    server_gc = gc_delta(gc_before, gc_pauses(metrics_port))
+    out = _merge(parts)
+    requests_done = max(1, int(out["answered"]))
+    out.update(
+        api=api,
+        mode="closed" if concurrency else "open",
+        offered_rate=rate if not concurrency else None,
+        concurrency=concurrency or None,
+        seconds=seconds,
+        client_processes=procs,
+        streams_per_process=streams if api == "session" else None,
+        server_cpu_s=server_cpu,
+        server_cpu_us_per_request=server_cpu / requests_done * 1e6,
+        client_cpu_us_per_request=float(out["client_cpu_s"]) / requests_done * 1e6,
+        load_avg_1m_before=load_before,
+        load_avg_1m_after=os.getloadavg()[0],
+        server_gc_pauses=server_gc,
+    )
+    return out
 
 
-async def _closed_loop(
-    target: str, concurrency: int, seconds: float, seed: int
-) -> dict[str, object]:
-    reqs = iter(requests(10**7, seed, f"closed{seed}-"))
-    latencies: list[float] = []
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.TrafficControllerStub(channel)
-        await channel.channel_ready()
-        stop_at = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            while time.perf_counter() < stop_at:
-                message = _message(next(reqs))
-                t0 = time.perf_counter()
-                await stub.Schedule(message, timeout=10)
-                latencies.append(time.perf_counter() - t0)
-                await stub.Complete(pb.CompleteRequest(request_id=message.request_id), timeout=10)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-    return {
-        "concurrency": concurrency,
-        "seconds": elapsed,
-        "decisions_per_s": len(latencies) / elapsed,
-        "p50_ms": percentile(latencies, 0.5) * 1e3,
-        "p99_ms": percentile(latencies, 0.99) * 1e3,
-        "note": "one client process; each decision is followed by its Complete (2 RPCs)",
-    }
+def _print_run(r: dict[str, Any]) -> None:
+    batching = ""
+    if r.get("session"):
+        batching = f", {r['session'].get('operations_per_message', 0):.2f} ops/message"
+    gc_text = " ".join(
+        f"{g}:{v['pauses']}x/{v['total_ms']:.0f}ms(<={v['largest_le_ms']:g})"
+        for g, v in r.get("server_gc_pauses", {}).items()
+        if v["pauses"]
+    )
+    print(
+        f"  {r['api']:7s} {r['decisions_per_s']:6.0f} decisions/s ({r['answered']}/{r['sent']}),"
+        f" p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, p999 {r['p999_ms']:.2f} ms,"
+        f" errors {r['errors'] or 0}; CPU per request: server {r['server_cpu_us_per_request']:.0f}"
+        f" us, clients {r['client_cpu_us_per_request']:.0f} us{batching};"
+        f" server GC {gc_text or '-'};"
+        f" load {r['load_avg_1m_before']:.1f}->{r['load_avg_1m_after']:.1f}",
+        flush=True,
+    )
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -415,13 +689,49 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def machine() -> dict[str, object]:
+    from google.protobuf.internal import api_implementation
+
     return {
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
         "load_avg_1m": os.getloadavg()[0],
         "grpc": grpc.__version__,
+        "protobuf_backend": api_implementation.Type(),
     }
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per API over the open-loop repeats: the median run by p99, and the ratios."""
+    out: dict[str, Any] = {}
+    for api in APIS:
+        mine = sorted(
+            (r for r in runs if r["api"] == api and r["mode"] == "open"),
+            key=lambda r: r["p99_ms"],
+        )
+        if mine:
+            median = mine[len(mine) // 2]
+            out[api] = {
+                k: median[k]
+                for k in (
+                    "decisions_per_s",
+                    "p50_ms",
+                    "p99_ms",
+                    "p999_ms",
+                    "server_cpu_us_per_request",
+                    "client_cpu_us_per_request",
+                    "errors",
+                    "load_avg_1m_before",
+                )
+            }
+            out[api]["repeats"] = len(mine)
+            out[api]["p99_ms_all"] = [round(r["p99_ms"], 3) for r in mine]
+    for api in APIS[1:]:
+        if "unary" in out and api in out:
+            for side in ("server", "client"):
+                key = f"{side}_cpu_us_per_request"
+                out[f"{side}_cpu_ratio_{api}_vs_unary"] = out[api][key] / out["unary"][key]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,14 +742,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=2_000.0, help="offered gRPC req/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="gRPC open-loop duration")
     parser.add_argument("--hold-s", type=float, default=1.0, help="time before Complete")
-    parser.add_argument("--client-procs", type=int, default=1)
+    parser.add_argument("--client-procs", type=int, default=4, help="client processes per run")
+    parser.add_argument("--streams", type=int, default=1, help="Session streams per client process")
     parser.add_argument(
-        "--client", choices=["futures", "aio"], default="futures", help="load generator kind"
+        "--max-batch", type=int, default=256, help="operations per Session message, at most"
+    )
+    parser.add_argument(
+        "--release-linger-s",
+        type=float,
+        default=RELEASE_LINGER_S,
+        help="session clients: how long a Complete may wait for a Schedule to ride with",
+    )
+    parser.add_argument(
+        "--apis", nargs="*", default=list(APIS), choices=APIS, help="gRPC APIs to compare"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="open-loop runs per API (order alternates)"
     )
     parser.add_argument("--grpc-policy", default="paper")
-    parser.add_argument("--closed-concurrency", type=int, default=32)
+    parser.add_argument(
+        "--closed-concurrency",
+        type=int,
+        default=32,
+        help="requests in flight for the closed-loop (saturation) runs; 0 = skip them",
+    )
+    parser.add_argument("--closed-seconds", type=float, default=5.0)
     parser.add_argument("--server-workers", type=int, default=32, help="controller --max-workers")
     parser.add_argument("--pin-cpu", type=int, default=None, help="pin the in-process part")
+    parser.add_argument("--skip-in-process", action="store_true")
     parser.add_argument("--skip-grpc", action="store_true")
     parser.add_argument("--quick", action="store_true", help="small run (smoke test)")
     parser.add_argument("--seed", type=int, default=7)
@@ -447,8 +777,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.decisions, args.in_flight, args.seconds = 5_000, 1_000, 2.0
-    command = " ".join([Path(sys.executable).name, *sys.argv])
+        args.closed_seconds = min(args.closed_seconds, 1.0)
+    command = " ".join([Path(sys.executable).name, *(sys.argv if argv is None else argv)])
     results: dict[str, object] = {"command": command, "machine": machine()}
+    if not args.skip_in_process:
+        results["in_process"] = run_in_process(args)
+    if not args.skip_grpc:
+        results["grpc"] = run_grpc(args)
+    results["machine_after"] = {"load_avg_1m": os.getloadavg()[0]}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def run_in_process(args: argparse.Namespace) -> list[dict[str, object]]:
     n_engines = (PREFILL_NODES + DECODE_NODES) * GPUS_PER_NODE
     print(f"in-process: {n_engines} engines, {args.decisions} decisions per policy", flush=True)
     if args.pin_cpu is not None:
@@ -456,79 +799,86 @@ def main(argv: list[str] | None = None) -> int:
     in_process = []
     for name in args.policies:
         r = bench_in_process(name, args.decisions, args.in_flight, args.seed)
-        in_process.append(vars(r))
+        in_process.append(asdict(r))
         print(
             f"  {name:15s} {r.decisions_per_s:7.0f} decisions/s ({r.decisions_per_cpu_s:.0f} per"
             f" CPU-s)  p50 {r.p50_us:5.1f} us"
             f"  p99 {r.p99_us:6.1f} us  max {r.max_us:7.1f} us  paths {r.paths}",
             flush=True,
         )
-    results["in_process"] = in_process
     if args.pin_cpu is not None:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-    if not args.skip_grpc:
-        with ControllerProcess(
+    return in_process
+
+
+def run_grpc(args: argparse.Namespace) -> dict[str, object]:
+    ctx = multiprocessing.get_context("spawn")
+    with (
+        ControllerProcess(
             policy=args.grpc_policy,
             liveness_timeout_s=3_600,
-            extra_args=["--max-workers", str(args.server_workers)],
-        ) as proc:
-            register_all(proc.target)
-            print(
-                f"gRPC: controller pid {proc.proc.pid if proc.proc else '?'} on {proc.target},"
-                f" policy {args.grpc_policy}; open loop {args.rate:g} req/s for {args.seconds:g} s"
-                f" from {args.client_procs} client processes",
-                flush=True,
-            )
-            assert proc.proc is not None
-            server_cpu_before = process_cpu_seconds(proc.proc.pid)
-            open_loop = bench_grpc_open_loop(
-                proc.target,
-                args.rate,
-                args.seconds,
-                args.hold_s,
-                args.client_procs,
-                args.seed,
-                args.client,
-            )
-            server_cpu = process_cpu_seconds(proc.proc.pid) - server_cpu_before
-            answered = max(1, int(open_loop["answered"]))  # type: ignore[call-overload]
-            open_loop["server_cpu_us_per_request"] = server_cpu / answered * 1e6
-            open_loop["note"] = (
-                "each request = Schedule + its Complete after hold_s; server CPU covers both"
-            )
-            print(
-                f"  sustained {open_loop['decisions_per_s']:.0f} decisions/s,"
-                f" p50 {open_loop['p50_ms']:.2f} ms, p99 {open_loop['p99_ms']:.2f} ms,"
-                f" max {open_loop['max_ms']:.2f} ms, errors {open_loop['errors']};"
-                f" server CPU {open_loop['server_cpu_us_per_request']:.0f} us per"
-                " Schedule+Complete",
-                flush=True,
-            )
-            print(f"  closed loop, {args.closed_concurrency} in flight ...", flush=True)
-            closed = asyncio.run(
-                _closed_loop(
-                    proc.target, args.closed_concurrency, min(5.0, args.seconds), args.seed
+            extra_args=["--max-workers", str(args.server_workers), "--log-level", "WARNING"],
+        ) as proc,
+        ctx.Pool(args.client_procs) as pool,
+    ):
+        assert proc.proc is not None
+        register_all(proc.target)
+        pool.map(math.sqrt, range(args.client_procs))  # start the client processes untimed
+        print(
+            f"gRPC: controller pid {proc.proc.pid} on {proc.target}, policy {args.grpc_policy};"
+            f" open loop {args.rate:g} req/s for {args.seconds:g} s from {args.client_procs}"
+            f" client processes (session: {args.streams} stream(s) each), hold {args.hold_s:g} s",
+            flush=True,
+        )
+        common = {
+            "target": proc.target,
+            "server_pid": proc.proc.pid,
+            "metrics_port": proc.metrics_port,
+            "procs": args.client_procs,
+            "streams": args.streams,
+            "max_batch": args.max_batch,
+            "release_linger_s": args.release_linger_s,
+            "hold_s": args.hold_s,
+            "pool": pool,
+        }
+        runs: list[dict[str, Any]] = []
+        for repeat in range(args.repeats):
+            order = args.apis if repeat % 2 == 0 else list(reversed(args.apis))
+            for api in order:
+                r = bench_grpc_run(
+                    api,
+                    rate=args.rate,
+                    seconds=args.seconds,
+                    concurrency=0,
+                    seed=args.seed + 1000 * repeat,
+                    **common,
                 )
-            )
-            print(
-                f"  saturation {closed['decisions_per_s']:.0f} decisions/s,"
-                f" p50 {closed['p50_ms']:.2f} ms, p99 {closed['p99_ms']:.2f} ms",
-                flush=True,
-            )
-            status = ControllerClient(proc.target).status()
-            results["grpc"] = {
-                "policy": args.grpc_policy,
-                "server_workers": args.server_workers,
-                "open_loop": open_loop,
-                "closed_loop": closed,
-                "controller_decisions_total": status.decisions_total,
-                "controller_in_flight_at_end": status.in_flight_requests,
-            }
-    results["machine_after"] = {"load_avg_1m": os.getloadavg()[0]}
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
-    return 0
+                runs.append(r)
+                _print_run(r)
+        if args.closed_concurrency:
+            print(f"  closed loop, {args.closed_concurrency} in flight:", flush=True)
+            for api in (a for a in args.apis if a != "session-async"):
+                r = bench_grpc_run(
+                    api,
+                    rate=0.0,
+                    seconds=args.closed_seconds,
+                    concurrency=max(args.closed_concurrency, args.client_procs),
+                    seed=args.seed + 99,
+                    **common,
+                )
+                runs.append(r)
+                _print_run(r)
+        status = ControllerClient(proc.target).status()
+        summary = _summary(runs)
+        print(f"  summary (median open-loop run by p99): {json.dumps(summary)}", flush=True)
+        return {
+            "policy": args.grpc_policy,
+            "server_workers": args.server_workers,
+            "runs": runs,
+            "summary": summary,
+            "controller_decisions_total": status.decisions_total,
+            "controller_in_flight_at_end": status.in_flight_requests,
+        }
 
 
 if __name__ == "__main__":

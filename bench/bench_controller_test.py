@@ -22,6 +22,12 @@ def test_controller_decision_speed(tmp_path: Path) -> None:
     for row in results["in_process"]:
         # Issue 4 target: >= 20,000 decisions/s in-process on one core at 1,152 engines.
         assert row["decisions_per_s"] >= 20_000, row
-    open_loop = results["grpc"]["open_loop"]
-    assert open_loop["answered"] == open_loop["sent"], open_loop["errors"]
-    print(json.dumps(results, indent=2))
+    runs = {(r["api"], r["mode"]): r for r in results["grpc"]["runs"]}
+    for api in ("session", "session-async"):
+        # Streams carry the offered rate without losing a request (unary may shed load on a
+        # busy 2-core machine: that is what the comparison shows, not a failure).
+        run = runs[(api, "open")]
+        assert run["answered"] == run["sent"] and not run["errors"], run["errors"]
+        assert run["server_cpu_us_per_request"] > 0 and run["client_cpu_us_per_request"] > 0
+    assert ("unary", "open") in runs and ("session", "closed") in runs
+    print(json.dumps(results["grpc"]["summary"], indent=2))

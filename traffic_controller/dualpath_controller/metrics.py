@@ -4,11 +4,13 @@ state at scrape time instead of being updated on every decision."""
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from dualpath_controller.policy import Assignment, Role
@@ -20,6 +22,8 @@ LATENCY_BUCKETS = (
     5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1,
 )  # fmt: skip
 FRACTION_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+GC_PAUSE_BUCKETS = (1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0)
 
 
 class ControllerMetrics:
@@ -58,14 +62,34 @@ class ControllerMetrics:
             ["method", "code"],
             registry=self.registry,
         )
+        self.sessions_open = Gauge(
+            "dualpath_controller_sessions_open",
+            "Session streams open right now",
+            registry=self.registry,
+        )
+        self.session_batch = Histogram(
+            "dualpath_controller_session_batch_operations",
+            "Operations per Session message received (how much a busy client coalesces)",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
         self._decision_children = {
             path: self.decisions.labels(policy, path) for path in ("pe_read", "de_read", "split")
         }
         self._fraction_child = self.de_fraction.labels(policy)
         self._latency_child = self.latency.labels(policy)
+        self._finish_children: dict[str, Counter] = {}
+        self.gc_pauses: GcPauses | None = None
 
     def bind(self, state: ControllerState) -> None:
         self.registry.register(_StateCollector(state))
+
+    def watch_gc(self) -> GcPauses:
+        """Start timing GC pauses (the server does; a library user may not want the hook)."""
+        if self.gc_pauses is None:
+            self.gc_pauses = GcPauses().install()
+            self.registry.register(self.gc_pauses)
+        return self.gc_pauses
 
     def observe_decision(self, assignment: Assignment, latency_s: float) -> None:
         self._decision_children[assignment.read_path.value].inc()
@@ -73,7 +97,13 @@ class ControllerMetrics:
         self._latency_child.observe(latency_s)
 
     def observe_finish(self, outcome: str) -> None:
-        self.finishes.labels(outcome).inc()
+        child = self._finish_children.get(outcome)
+        if child is None:  # labels() costs a lock and a tuple per call: keep the children
+            child = self._finish_children[outcome] = self.finishes.labels(outcome)
+        child.inc()
+
+    def observe_session_batch(self, operations: int) -> None:
+        self.session_batch.observe(operations)
 
     def observe_rpc_error(self, method: str, code: str) -> None:
         self.rpc_errors.labels(method, code).inc()
@@ -179,3 +209,70 @@ class _StateCollector(Collector):
             ),
         ):
             yield CounterMetricFamily(name, help_text, value=value)
+
+
+class GcPauses(Collector):
+    """Time the interpreter spends in cyclic garbage collection, per generation: a pause
+    stops every thread, so it lands directly on the tail latency of calls in flight.
+
+    The gc callback only adds numbers to plain lists (no locks: a collection can start
+    while any lock is held, and taking a non-reentrant one there would deadlock); scrapes
+    turn them into a histogram."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        # Per generation: cumulative bucket counts (+Inf last), sum, and the largest pause.
+        self._buckets = [[0] * (len(GC_PAUSE_BUCKETS) + 1) for _ in range(3)]
+        self._sums = [0.0, 0.0, 0.0]
+        self.max_s = [0.0, 0.0, 0.0]
+        self._installed = False
+
+    def install(self) -> GcPauses:
+        if not self._installed:
+            gc.callbacks.append(self._callback)
+            self._installed = True
+        return self
+
+    def uninstall(self) -> None:
+        if self._installed:
+            gc.callbacks.remove(self._callback)
+            self._installed = False
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        generation = min(2, int(info.get("generation", 2)))
+        counts = self._buckets[generation]
+        for i, bound in enumerate(GC_PAUSE_BUCKETS):
+            if pause <= bound:
+                counts[i] += 1
+                break
+        else:
+            counts[-1] += 1
+        self._sums[generation] += pause
+        self.max_s[generation] = max(self.max_s[generation], pause)
+
+    def collect(self) -> Iterator[HistogramMetricFamily | GaugeMetricFamily]:
+        pauses = HistogramMetricFamily(
+            "dualpath_controller_gc_pause_seconds",
+            "Cyclic GC pauses of the controller process by generation (wall time)",
+            labels=["generation"],
+        )
+        largest = GaugeMetricFamily(
+            "dualpath_controller_gc_pause_max_seconds",
+            "Longest GC pause since the controller started, by generation",
+            labels=["generation"],
+        )
+        for generation in range(3):
+            cumulative, buckets = 0, []
+            for bound, count in zip(
+                (*GC_PAUSE_BUCKETS, float("inf")), self._buckets[generation], strict=True
+            ):
+                cumulative += count
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            pauses.add_metric([str(generation)], buckets, self._sums[generation])
+            largest.add_metric([str(generation)], self.max_s[generation])
+        yield pauses
+        yield largest

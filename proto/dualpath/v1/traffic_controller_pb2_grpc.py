@@ -74,6 +74,11 @@ class TrafficControllerStub:
                 request_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.StatusRequest.SerializeToString,
                 response_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.ClusterStatus.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/dualpath.v1.TrafficController/Session',
+                request_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.SessionRequestBatch.SerializeToString,
+                response_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.SessionResponseBatch.FromString,
+                _registered_method=True)
         self.WatchStatus = channel.unary_stream(
                 '/dualpath.v1.TrafficController/WatchStatus',
                 request_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.WatchStatusRequest.SerializeToString,
@@ -138,6 +143,20 @@ class TrafficControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Schedule, Complete and Cancel over one long-lived stream (for frontends that make many
+        decisions per second; about half the controller CPU per request of the unary calls). Answers
+        carry the client's correlation ids; a failed operation is answered with its
+        OperationError and the stream goes on. The stream ends with an error status only for
+        the whole stream: RESOURCE_EXHAUSTED when the controller's session limit is reached
+        (at start), INVALID_ARGUMENT for an oversized batch, UNAVAILABLE when it shuts down.
+        Ending or cancelling a stream releases nothing: scheduled requests stay booked until
+        completed or cancelled (on any stream or unary) or until the request TTL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchStatus(self, request, context):
         """A ClusterStatus now, then one per interval until the caller hangs up.
         """
@@ -187,6 +206,11 @@ def add_TrafficControllerServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.StatusRequest.FromString,
                     response_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.ClusterStatus.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.SessionRequestBatch.FromString,
+                    response_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.SessionResponseBatch.SerializeToString,
             ),
             'WatchStatus': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchStatus,
@@ -410,6 +434,33 @@ class TrafficController:
             '/dualpath.v1.TrafficController/GetStatus',
             dualpath_dot_v1_dot_traffic__controller__pb2.StatusRequest.SerializeToString,
             dualpath_dot_v1_dot_traffic__controller__pb2.ClusterStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dualpath.v1.TrafficController/Session',
+            dualpath_dot_v1_dot_traffic__controller__pb2.SessionRequestBatch.SerializeToString,
+            dualpath_dot_v1_dot_traffic__controller__pb2.SessionResponseBatch.FromString,
             options,
             channel_credentials,
             insecure,

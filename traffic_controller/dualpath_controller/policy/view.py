@@ -26,12 +26,20 @@ from dualpath_controller.policy.types import (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class Booking:
-    """The load one assignment added to the view, so it can be taken back exactly once."""
+    """The load one assignment added to the view, so it can be taken back exactly once.
 
-    request: Request
-    assignment: Assignment
+    Plain values only (no Request / Assignment objects): a server keeps thousands of these
+    alive, and every object they hold is one more for each cyclic-GC pass to traverse."""
+
+    request_id: str
+    prefill_engine_id: str
+    decode_engine_id: str
+    # len(r): what each engine's tok_e grew by.
+    total_tokens: int
+    # Prompt + expected output: what the decode engine's free HBM shrank by.
+    hbm_tokens: int
     pe_node: str
     de_node: str
     pe_read_tokens: int
@@ -218,7 +226,19 @@ class ClusterView:
         if pe.role is not Role.PREFILL or de.role is not Role.DECODE:
             raise ValueError("assignment must name a prefill engine and a decode engine")
         pe_tok, pe_bytes, de_tok, de_bytes = _split_read(request, assignment.de_read_fraction)
-        booking = Booking(request, assignment, pe.node, de.node, pe_tok, pe_bytes, de_tok, de_bytes)
+        booking = Booking(
+            request.request_id,
+            pe.engine_id,
+            de.engine_id,
+            request.total_tokens,
+            request.hbm_tokens,
+            pe.node,
+            de.node,
+            pe_tok,
+            pe_bytes,
+            de_tok,
+            de_bytes,
+        )
         for engine in (pe, de):
             engine.unfinished_requests += 1
             self._set_tokens(engine, engine.unfinished_tokens + request.total_tokens)
@@ -241,7 +261,7 @@ class ClusterView:
         booking = self.bookings[request_id]
         self.finish_read(request_id)
         if booking.prefill_open:
-            self._unbook_engine(booking.assignment.prefill_engine_id, booking.request, hbm=False)
+            self._unbook_engine(booking.prefill_engine_id, booking, hbm=False)
             booking.prefill_open = False
             self.version += 1
 
@@ -250,7 +270,7 @@ class ClusterView:
         booking = self.bookings[request_id]
         self.finish_prefill(request_id)
         if booking.decode_open:
-            self._unbook_engine(booking.assignment.decode_engine_id, booking.request, hbm=True)
+            self._unbook_engine(booking.decode_engine_id, booking, hbm=True)
             booking.decode_open = False
         del self.bookings[request_id]
         self.version += 1
@@ -270,14 +290,14 @@ class ClusterView:
             node.read_queue_tokens = max(0, node.read_queue_tokens + sign * tokens)
             node.read_queue_bytes = max(0, node.read_queue_bytes + sign * nbytes)
 
-    def _unbook_engine(self, engine_id: str, request: Request, *, hbm: bool) -> None:
+    def _unbook_engine(self, engine_id: str, booking: Booking, *, hbm: bool) -> None:
         engine = self.engines.get(engine_id)
         if engine is None:
             return  # deregistered since: nothing to give back
         engine.unfinished_requests = max(0, engine.unfinished_requests - 1)
-        self._set_tokens(engine, max(0, engine.unfinished_tokens - request.total_tokens))
+        self._set_tokens(engine, max(0, engine.unfinished_tokens - booking.total_tokens))
         if hbm:
-            free = engine.free_hbm_tokens + request.hbm_tokens
+            free = engine.free_hbm_tokens + booking.hbm_tokens
             if engine.hbm_capacity_tokens > 0:
                 free = min(free, engine.hbm_capacity_tokens)
             engine.free_hbm_tokens = free
