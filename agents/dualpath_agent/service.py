@@ -17,6 +17,7 @@ from queue import Queue
 from typing import Any
 
 import grpc
+import numpy as np
 from dualpath.v1 import agent_pb2, agent_pb2_grpc, traffic_controller_pb2
 
 from dualpath_agent import kvgen
@@ -176,7 +177,8 @@ class LoadState:
 
     def wait_layer(self, layer: int, outer_cancel: threading.Event) -> None:
         with self._cond:
-            while min(self._done.values()) <= layer:
+            # default: a Load without blocks has no parts, so every layer is ready at once.
+            while min(self._done.values(), default=self.layers) <= layer:
                 if self.error is not None:
                     raise self.error
                 if outer_cancel.is_set() or self.cancel.is_set():
@@ -249,21 +251,31 @@ class _GroupPoster:
             if self.error is not None or self.cancel.is_set():
                 continue
             try:
+                # Descriptors of layer i = layer 0's + i x stride on each side: built with
+                # numpy once per group, so a layer costs no Python object per block (this
+                # thread's posting time is on the transfer's critical path).
+                layer0 = np.array(
+                    [staged.layer_address(i, 0) for i in range(len(staged.blocks))],
+                    dtype=np.uint64,
+                )
+                local_stride = np.array([h.layer_stride for h in staged.headers], dtype=np.uint64)
+                remote0 = np.array(
+                    [r.target_address + b.first_token * bpt for b in staged.blocks],
+                    dtype=np.uint64,
+                )
+                sizes = np.array([b.tokens * bpt for b in staged.blocks], dtype=np.uint64)
+                layer_bytes = int(sizes.sum())
+                rows = np.empty((len(sizes), 3), dtype=np.uint64)
+                rows[:, 2] = sizes
                 for layer in range(self.layout.layers):
-                    descs = [
-                        Desc(
-                            staged.layer_address(i, layer),
-                            r.target_address + layer * r.target_layer_stride + b.first_token * bpt,
-                            b.tokens * bpt,
-                        )
-                        for i, b in enumerate(staged.blocks)
-                    ]
+                    rows[:, 0] = layer0 + np.uint64(layer) * local_stride
+                    rows[:, 1] = remote0 + np.uint64(layer * r.target_layer_stride)
                     tag = f"{r.transfer_id}:{layer}:{group}".encode()
-                    handle = self.core.peer.post_write(
-                        self.peer, descs, r.target_mem_type, "DRAM", tag
+                    handle = self.core.peer.post_write_rows(
+                        self.peer, rows, r.target_mem_type, "DRAM", tag
                     )
                     self.pending.append(handle)
-                    self.sent += sum(d.nbytes for d in descs)
+                    self.sent += layer_bytes
             except BaseException as exc:
                 self.error = exc
                 self.cancel.set()
@@ -416,7 +428,11 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         started = time.monotonic()
         require(request.request_id, "request_id")
         layout = parse_layout(request.layout)
-        blocks = plan_blocks(request.blocks, layout)
+        # No blocks = nothing cached (a cold prompt): the Load only reserves the region for
+        # the missed tokens, so that a Commit can send them to the decode side.
+        if not request.blocks and not request.missed_tokens:
+            raise ValueError("blocks is empty and missed_tokens is 0: nothing to load")
+        blocks = plan_blocks(request.blocks, layout, allow_empty=True)
         n_remote = de_block_count(request.read_path, request.de_read_fraction, len(blocks))
         if n_remote and not request.decode_agent_endpoint:
             raise ValueError("decode_agent_endpoint is required for DE_READ and SPLIT")

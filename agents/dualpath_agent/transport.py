@@ -219,6 +219,14 @@ class PeerTransport(ABC):
     ) -> PendingTransfer:
         """Start a one-sided READ peer -> local."""
 
+    def post_write_rows(
+        self, peer: str, rows: np.ndarray, remote_mem: str, local_mem: str, notif: bytes
+    ) -> PendingTransfer:
+        """post_write for descriptors given as rows (n, 3) of uint64: local address, remote
+        address, bytes. Hot paths build these with numpy (no Python object per block)."""
+        descs = [Desc(int(a), int(r), int(n)) for a, r, n in rows]
+        return self.post_write(peer, descs, remote_mem, local_mem, notif)
+
     def wait_notification(
         self, peer: str, message: bytes, timeout_s: float, cancelled: threading.Event | None
     ) -> None:
@@ -232,6 +240,16 @@ class PeerTransport(ABC):
             if pool.contains(address, nbytes):
                 return pool
         raise TransferError(f"address range 0x{address:x}+{nbytes} is not in registered memory")
+
+    def _check_local_rows(self, rows: np.ndarray) -> None:
+        """_check_local for every row at once."""
+        start, end = rows[:, 0], rows[:, 0] + rows[:, 2]
+        inside = np.zeros(len(rows), dtype=bool)
+        for pool in self.pools:
+            inside |= (start >= pool.base_address) & (end <= pool.base_address + pool.size)
+        if not inside.all():
+            bad = int(np.argmin(inside))
+            self._check_local(int(rows[bad, 0]), int(rows[bad, 2]))  # raises, naming it
 
 
 class StorageReader(ABC):
@@ -407,6 +425,11 @@ class NixlPeerTransport(PeerTransport):
     ) -> PendingTransfer:
         return self._post("READ", peer, descs, remote_mem, local_mem, b"")
 
+    def post_write_rows(
+        self, peer: str, rows: np.ndarray, remote_mem: str, local_mem: str, notif: bytes
+    ) -> PendingTransfer:
+        return self._post_rows("WRITE", peer, rows, remote_mem, local_mem, notif)
+
     def _post(
         self,
         op: str,
@@ -416,15 +439,29 @@ class NixlPeerTransport(PeerTransport):
         local_mem: str,
         notif: bytes,
     ) -> PendingTransfer:
-        if not descs:
+        rows = np.array(
+            [(d.local_address, d.remote_address, d.nbytes) for d in descs], dtype=np.uint64
+        ).reshape(-1, 3)
+        return self._post_rows(op, peer, rows, remote_mem, local_mem, notif)
+
+    def _post_rows(
+        self,
+        op: str,
+        peer: str,
+        rows: np.ndarray,
+        remote_mem: str,
+        local_mem: str,
+        notif: bytes,
+    ) -> PendingTransfer:
+        if not len(rows):
             return _Done()
-        for d in descs:
-            self._check_local(d.local_address, d.nbytes)
+        self._check_local_rows(rows)
+        dev = np.zeros(len(rows), dtype=np.uint64)  # device id: 0 (one GPU per agent)
         local = self._agent.get_xfer_descs(
-            _descs([(d.local_address, d.nbytes, 0) for d in descs]), local_mem
+            np.column_stack((rows[:, 0], rows[:, 2], dev)), local_mem
         )
         remote = self._agent.get_xfer_descs(
-            _descs([(d.remote_address, d.nbytes, 0) for d in descs]), remote_mem
+            np.column_stack((rows[:, 1], rows[:, 2], dev)), remote_mem
         )
         try:
             handle = self._agent.initialize_xfer(op, local, remote, peer, notif)

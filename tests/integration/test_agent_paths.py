@@ -194,6 +194,49 @@ def test_commit_merges_missed_tokens_on_the_decode_side_and_persists_full_blocks
     assert de_client.release(rid).released == ["merged"]
 
 
+@pytest.mark.parametrize("path", [ReadPath.DE_READ, ReadPath.PE_READ])
+def test_a_prompt_with_nothing_cached_loads_no_blocks_and_commits(cluster, path):
+    # A cold prompt: no cached prefix; prefill computes 2 full blocks + 5 tokens.
+    chain = chain_for(seed=250 + int(path), blocks=2, extra_tokens=5)
+    new_full, tail = chain[:2], chain[2]
+    missed = 2 * 64 + tail.tokens
+    decode, de_client = cluster.decode[0], cluster.de[0]
+    rid = f"cold-{path.name}"
+    result = cluster.pe.load(
+        rid,
+        [],
+        LAYOUT,
+        path,
+        decode_endpoint=decode.endpoint,
+        missed_tokens=missed,
+        release_after_load=False,
+        keep_for_merge=path == ReadPath.DE_READ,
+    )
+    assert result.bytes_total == 0 and result.blocks_verified == 0
+    assert result.layers_seen == list(range(LAYOUT.layers))
+    reply = cluster.pe.commit(rid, missed, new_full)
+    bpt, layers = LAYOUT.bytes_per_token_layer, LAYOUT.layers
+    assert reply.bytes_sent_to_decode == layers * missed * bpt
+    assert reply.blocks_persisted == 2 and reply.persist_error == ""
+    merged = de_client.read_region(rid, "merged")
+    expected = b"".join(
+        b"".join(kvgen.layer_bytes(b.block_hash, layer, b.tokens, bpt) for b in new_full)
+        + kvgen.tail_layer_bytes(rid.encode(), layer, tail.tokens, bpt)
+        for layer in range(layers)
+    )
+    assert merged == expected
+    assert cluster.de[1].lookup(new_full) == (2, [True, True])
+    assert de_client.release(rid).released == ["merged"]
+    assert cluster.pe.stat().device_bytes_free == cluster.pe.stat().device_bytes_total
+
+
+def test_a_load_with_no_blocks_and_no_missed_tokens_is_refused(cluster):
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.pe.load("empty", [], LAYOUT, ReadPath.PE_READ)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "blocks is empty and missed_tokens is 0" in (err.value.details() or "")
+
+
 def test_layer_block_read_and_prefix_lookup(cluster):
     chain = chain_for(seed=300, blocks=6)
     cluster.de[1].seed_synthetic(chain[:4], LAYOUT)

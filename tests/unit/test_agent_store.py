@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -260,3 +262,42 @@ def test_shared_directory_sees_other_writers(tmp_path):
     one.delete(a.block_hash)
     two.rescan()
     assert not two.contains(a.block_hash)
+
+
+def test_a_block_hard_linked_in_by_another_process_is_found_by_probing(tmp_path):
+    # Another process builds a block file outside the store (same filesystem) and hard-links
+    # it into place; this store never indexed it, and must find it on the miss (no rescan).
+    store = BlockStore(tmp_path / "store")
+    (block,) = _blocks(1, seed=7)
+    assert not store.contains(block.block_hash)
+    script = (
+        "import sys, os, numpy as np\n"
+        "from pathlib import Path\n"
+        "from dualpath_agent import kvgen\n"
+        "from dualpath_agent.blockhash import block_chain\n"
+        "from dualpath_agent.layout import BlockLayout\n"
+        "from dualpath_agent.store import BlockStore\n"
+        "layout = BlockLayout(layers=4, block_tokens=16, bytes_per_token_layer=256)\n"
+        "tokens = np.random.default_rng(7).integers(0, 50_000, 16)\n"
+        "(b,) = block_chain(tokens, 16)\n"
+        "private = BlockStore(Path(sys.argv[1]))\n"
+        "private.put(b.block_hash, b.parent_hash, layout, b.tokens,\n"
+        "            kvgen.block_bytes(b.block_hash, layout, b.tokens))\n"
+        "target = BlockStore(Path(sys.argv[2])).path_for(b.block_hash)\n"
+        "target.parent.mkdir(parents=True, exist_ok=True)\n"
+        "os.link(private.path_for(b.block_hash), target)\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "private"), str(tmp_path / "store")],
+        check=True,
+        timeout=60,
+    )
+    assert os.stat(store.path_for(block.block_hash)).st_nlink == 2
+    assert store.contains(block.block_hash)  # found by the probe on miss
+    assert store.lookup([block.block_hash]) == [True]
+    assert store.read_block(block.block_hash)[1] == kvgen.block_bytes(
+        block.block_hash, LAYOUT, block.tokens
+    )
+    assert store.read_block(block.block_hash, layer=2)[1] == kvgen.layer_bytes(
+        block.block_hash, 2, block.tokens, LAYOUT.bytes_per_token_layer
+    )
