@@ -194,6 +194,87 @@ def test_split_on_one_node_or_unknown_bytes():
     assert a.read_path is ReadPath.DE_READ  # fell back to the paper's queue rule
 
 
+def pooled_view(n_pe: int, n_de: int) -> ClusterView:
+    """n_pe prefill nodes and n_de decode nodes, one engine each, equal 50 GB/s SNICs."""
+    view = ClusterView()
+    for i in range(n_pe):
+        view.add_engine(EngineState(f"p{i}", Role.PREFILL, f"np{i}"))
+        view.update_node_load(f"np{i}", snic_read_bytes_per_s=50 * GB)
+    for i in range(n_de):
+        view.add_engine(
+            EngineState(
+                f"d{i}", Role.DECODE, f"nd{i}", hbm_capacity_tokens=HBM, free_hbm_tokens=HBM
+            )
+        )
+        view.update_node_load(f"nd{i}", snic_read_bytes_per_s=50 * GB)
+    return view
+
+
+def test_view_tracks_the_nodes_serving_each_role():
+    view = pooled_view(1, 2)
+    assert list(view.role_nodes(Role.PREFILL)) == ["np0"]
+    assert list(view.role_nodes(Role.DECODE)) == ["nd0", "nd1"]
+    view.set_drained("d1", True)
+    assert list(view.role_nodes(Role.DECODE)) == ["nd0"]
+    view.set_drained("d1", False)
+    view.remove_engine("d0")
+    assert list(view.role_nodes(Role.DECODE)) == ["nd1"]
+    view.add_engine(EngineState("p9", Role.PREFILL, "np9"))
+    assert list(view.role_nodes(Role.PREFILL)) == ["np0", "np9"]
+
+
+def test_pooled_fraction_counts_every_decode_snic():
+    # One prefill SNIC against two decode SNICs, all idle: the pooled rule reads 2/3 on the
+    # decode side (each decode node serves half the requests, so every SNIC gets 1/3), the
+    # two-node rule 1/2; the default blends them half and half.
+    view = pooled_view(1, 2)
+    pooled = get_policy("dualpath-split", pool_weight=1).schedule(view, req())
+    assert pooled.de_read_fraction == pytest.approx(2 / 3)
+    two_node = get_policy("dualpath-split", pool_weight=0).schedule(view, req())
+    assert two_node.de_read_fraction == pytest.approx(0.5)
+    blended = get_policy("dualpath-split").schedule(view, req())
+    assert blended.de_read_fraction == pytest.approx(0.5 * 2 / 3 + 0.5 * 0.5)
+    scores = {s.rule: s.value for s in blended.scores}
+    assert scores["pooled-de-fraction"] == pytest.approx(2 / 3)
+    assert scores["two-node-de-fraction"] == pytest.approx(0.5)
+
+
+def test_pooled_fraction_sees_queues_on_nodes_not_chosen():
+    # The other decode node's backlog counts against the decode pool: less goes there.
+    view = pooled_view(1, 2)
+    view.update_node_load("nd1", read_queue_bytes=3 * GB)
+    a = get_policy("dualpath-split", pool_weight=1).schedule(view, req())
+    # Pool finish times equal: (0 + (1 - f)) / 50 = (3 + f) / 100  ->  f = -1/3 -> PE only.
+    assert a.decode_engine_id == "d0"
+    assert (a.read_path, a.de_read_fraction) == (ReadPath.PE_READ, 0.0)
+
+
+def _snic_bytes_spread(pool_weight: float) -> float:
+    """Max over mean of per-node booked bytes after 60 requests, one at a time (each read
+    finishes before the next request: the idle-queue case), on a 1P2D cluster."""
+    view = pooled_view(1, 2)
+    policy = get_policy("dualpath-split", pool_weight=pool_weight)
+    read: dict[str, int] = {}
+    for i in range(60):
+        r = req(f"r{i}")
+        booking = view.apply(policy.schedule(view, r), r)
+        read[booking.pe_node] = read.get(booking.pe_node, 0) + booking.pe_read_bytes
+        read[booking.de_node] = read.get(booking.de_node, 0) + booking.de_read_bytes
+        view.finish_read(r.request_id)  # engines keep the load, so DEs take turns
+    values = [read.get(n, 0) for n in ("np0", "nd0", "nd1")]
+    return max(values) / (sum(values) / len(values))
+
+
+def test_pooling_spreads_bytes_over_all_snics():
+    two_node = _snic_bytes_spread(0.0)
+    blended = _snic_bytes_spread(0.5)
+    pooled = _snic_bytes_spread(1.0)
+    # Two-node rule: half of every read lands on the one prefill SNIC (30 GB vs 15 + 15).
+    assert two_node == pytest.approx(1.5)
+    assert pooled < blended < two_node
+    assert pooled == pytest.approx(1.0, abs=0.01)
+
+
 # ----- registry -----
 
 

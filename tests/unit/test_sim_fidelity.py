@@ -43,13 +43,6 @@ def test_fidelity_target(experiment: Experiment, name: str) -> None:
     assert check.ok, f"{name} = {check.value:.3f}, target {check.target}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dualpath-split balances each request's two sides (equal finish time), which "
-    "leaves prefill nodes ~1.2x the mean when decode nodes outnumber them; meeting <= 1.10 "
-    "needs a change in the policy core (see the issue-6 closing note). strict: this "
-    "fails loudly once the policy meets the target, so the mark gets removed.",
-)
 def test_split_balance_target(experiment: Experiment) -> None:
     check = _check(experiment, "dualpath-split SNIC max/avg")
     assert check.ok, f"dualpath-split SNIC max/avg = {check.value:.3f}, target <= 1.10"

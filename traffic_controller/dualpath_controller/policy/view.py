@@ -78,6 +78,9 @@ class ClusterView:
         self._group_tokens: dict[str, int] = {}
         self._group_active: dict[str, int] = {}
         self._groups_by_tokens: list[tuple[int, str]] = []
+        # Nodes hosting an active engine of each role; rebuilt lazily after the engine set
+        # (or a drain flag) changes, which is rare next to decisions.
+        self._role_nodes: dict[Role, tuple[str, ...]] | None = None
 
     # ----- queries (policies use these) -----
 
@@ -101,6 +104,16 @@ class ClusterView:
         if active_only:
             return len(self._by_tokens[role])
         return len(self._ids[role])
+
+    def role_nodes(self, role: Role) -> Sequence[str]:
+        """Sorted ids of the nodes hosting at least one active engine of `role`."""
+        if self._role_nodes is None:
+            found: dict[Role, set[str]] = {Role.PREFILL: set(), Role.DECODE: set()}
+            for engine in self.engines.values():
+                if not engine.drained:
+                    found[engine.role].add(engine.node)
+            self._role_nodes = {r: tuple(sorted(nodes)) for r, nodes in found.items()}
+        return self._role_nodes[role]
 
     def node_of(self, engine_id: str) -> NodeState:
         return self.nodes[self.engines[engine_id].node]
@@ -129,6 +142,7 @@ class ClusterView:
             bisect.insort(self._group_members.setdefault(engine.group, []), engine.engine_id)
         if not engine.drained:
             self._activate(engine)
+        self._role_nodes = None
         self.version += 1
 
     def remove_engine(self, engine_id: str) -> EngineState:
@@ -144,6 +158,7 @@ class ClusterView:
             if not members:
                 del self._group_members[engine.group]
         del self.engines[engine_id]
+        self._role_nodes = None
         self.version += 1
         return engine
 
@@ -157,6 +172,7 @@ class ClusterView:
         else:
             engine.drained = False
             self._activate(engine)
+        self._role_nodes = None
         self.version += 1
 
     def upsert_node(self, node: NodeState) -> None:
