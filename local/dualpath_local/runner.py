@@ -503,8 +503,11 @@ def _log_to_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the demo the way Ctrl-C does (teardown runs, processes stopped)."""
+def stop_signals_as_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM stop the demo the way Ctrl-C does (teardown runs, processes
+    stopped). SIGINT is installed explicitly: a shell that starts a command in the
+    background hands it SIGINT ignored, and Python keeps an inherited SIG_IGN, so a
+    `kill -INT` to the demo would otherwise do nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -512,11 +515,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class DemoFailed(RuntimeError):
@@ -576,7 +580,7 @@ def run_demo(config: DemoConfig, console: Console) -> DemoResult:
             f"{len(config.policies)} policies run the same workload back to back"
         )
     failed = True
-    with sigterm_as_interrupt():
+    with stop_signals_as_interrupt():
         try:
             result = _run(demo, started)
             _report(result, console, title)
