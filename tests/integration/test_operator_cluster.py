@@ -781,7 +781,9 @@ def test_network_attachments_follow_the_multus_crd(env):
         "beta", "NetworkReady", "False", "NetworkAttachmentDefinitionCRDMissing"
     )
     assert "Multus" in cond["message"]
-    assert cluster.conditions("beta")["Degraded"]["reason"] == "NetworkNotReady"
+    # Level-based: a transient apply error (ApplyFailed) is retried with backoff, so wait
+    # for the converged reason rather than reading the first status written.
+    cluster.wait_condition("beta", "Degraded", "True", "NetworkNotReady")
     ext = client.ApiextensionsV1Api(cluster.api)
     nad_crd = simple_crd(
         "k8s.cni.cncf.io", "network-attachment-definitions", "NetworkAttachmentDefinition"
