@@ -359,7 +359,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raw_nixl, raw_sock = RawNixl(kv_bytes, LAYOUT.layers, blocks), RawSocket(kv_bytes)
         stream, e2e, raw_spin, raw_backoff, sock = [], [], [], [], []
         try:
-            for rep in range(repeats + 2):
+            for rep in range(args.peer_repeats or repeats + 2):
                 wall, result = timed_load(pe, f"peer-{rep}", chain, ReadPath.DE_READ, de.endpoint)
                 stream.append(gbps(kv_bytes, result.peer_stream_s))
                 e2e.append(gbps(kv_bytes, wall))
@@ -492,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer blocks and repeats")
     parser.add_argument("--blocks", type=int, default=0, help="1 MiB blocks per load")
+    parser.add_argument(
+        "--peer-repeats",
+        type=int,
+        default=0,
+        help="interleaved agent/raw peer runs (default 6; more gives steadier medians)",
+    )
     parser.add_argument("--cap-gbps", type=float, default=2.0, help="SNIC cap per agent, Gbit/s")
     parser.add_argument("--workdir", help="keep the store and agent logs here")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")

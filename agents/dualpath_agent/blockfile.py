@@ -13,7 +13,9 @@ and per layer so a Layer Block read is verified on its own.
 
 from __future__ import annotations
 
+import functools
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import crc32c as _crc32c
@@ -85,6 +87,40 @@ def _gil_mode(nbytes: int) -> int:
 def crc32c(data: memoryview | bytes | bytearray) -> int:
     """CRC32C (Castagnoli), in hardware (SSE4.2 / ARMv8 crc32); outside the GIL when large."""
     return int(_crc32c.crc32c(data, gil_release_mode=_gil_mode(len(data))))
+
+
+@functools.lru_cache(maxsize=64)
+def _shift_tables(nbytes: int) -> tuple[tuple[int, ...], ...]:
+    """Tables of the GF(2)-linear map M with crc(A || B) = M(crc(A)) ^ crc(B), len(B) = nbytes.
+
+    Continuing a CRC over nbytes zeros is affine in the start value: f(c) = M(c) ^ f(0), so M
+    is found from f on the 32 basis values, then tabulated per byte of c."""
+    zeros = bytes(nbytes)
+    f0 = int(_crc32c.crc32c(zeros, value=0))
+    basis = [int(_crc32c.crc32c(zeros, value=1 << bit)) ^ f0 for bit in range(32)]
+    tables = []
+    for byte in range(4):
+        table = []
+        for v in range(256):
+            m = 0
+            for bit in range(8):
+                if v >> bit & 1:
+                    m ^= basis[byte * 8 + bit]
+            table.append(m)
+        tables.append(tuple(table))
+    return tuple(tables)
+
+
+def crc32c_concat(parts: Sequence[tuple[int, int]]) -> int:
+    """CRC32C of the concatenation of buffers given as (crc32c, length), without their bytes
+    (the zlib crc32_combine idea): lets one CRC call check many consecutive Layer Blocks."""
+    crc = 0
+    for part_crc, nbytes in parts:
+        t0, t1, t2, t3 = _shift_tables(nbytes)
+        crc = (
+            t0[crc & 0xFF] ^ t1[crc >> 8 & 0xFF] ^ t2[crc >> 16 & 0xFF] ^ t3[crc >> 24]
+        ) ^ part_crc
+    return crc
 
 
 def encode_header(header: BlockHeader) -> bytes:

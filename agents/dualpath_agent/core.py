@@ -25,6 +25,7 @@ from dualpath_agent.blockfile import (
     BlockHeader,
     ChecksumMismatch,
     crc32c,
+    crc32c_concat,
     verify_image,
 )
 from dualpath_agent.buffer import (
@@ -582,6 +583,9 @@ class AgentCore:
     ) -> None:
         """Check each block's slice of one layer against its CRC32C (end-to-end check)."""
         bpt = region_layout.bytes_per_token_layer
+        if self._verify_span(region_address, region_layout, layer, blocks, crcs):
+            return
+        # The span failed (or is not contiguous): check block by block to name the culprit.
         for b in blocks:
             address = region_address + region_layout.offset(layer, b.first_token)
             actual = crc32c(self.device_bytes(address, b.tokens * bpt))
@@ -589,6 +593,27 @@ class AgentCore:
             if actual != expected:
                 self.count_checksum_failure(where)
                 raise ChecksumMismatch(b.block_hash, layer, expected, actual)
+
+    def _verify_span(
+        self,
+        region_address: int,
+        region_layout: RegionLayout,
+        layer: int,
+        blocks: Sequence[BlockPlan],
+        crcs: Mapping[bytes, Sequence[int]],
+    ) -> bool:
+        """One CRC call over consecutive blocks' slices of a layer (contiguous in the
+        layer-major region), against the blocks' CRCs combined: one large call outside the
+        GIL instead of one small call per block. True when every byte matched."""
+        bpt = region_layout.bytes_per_token_layer
+        if len(blocks) < 2 or any(
+            b.first_token != a.first_token + a.tokens for a, b in itertools.pairwise(blocks)
+        ):
+            return False
+        expected = crc32c_concat([(crcs[b.block_hash][layer], b.tokens * bpt) for b in blocks])
+        address = region_address + region_layout.offset(layer, blocks[0].first_token)
+        nbytes = sum(b.tokens for b in blocks) * bpt
+        return crc32c(self.device_bytes(address, nbytes)) == expected
 
 
 def ctypes_buffer_address(buf: bytearray) -> int:

@@ -232,6 +232,7 @@ class _GroupPoster:
         self.core, self.peer, self.request, self.layout = core, peer, request, layout
         self.cancel = cancel
         self.pending: list[Any] = []
+        self._completed = 0  # pending[:_completed] are known to have completed
         self.sent = 0
         self.error: BaseException | None = None
         self._queue: Queue[tuple[int, Staged] | None] = Queue()
@@ -276,9 +277,17 @@ class _GroupPoster:
                     )
                     self.pending.append(handle)
                     self.sent += layer_bytes
+                    self._progress_pending()
             except BaseException as exc:
                 self.error = exc
                 self.cancel.set()
+
+    def _progress_pending(self) -> None:
+        # Complete earlier layers' writes while posting the next ones, so their
+        # notifications leave now and the target verifies layer i while i+1 is copied
+        # (measured: otherwise they all arrive in one burst after the last post).
+        while self._completed < len(self.pending) and self.pending[self._completed].progress():
+            self._completed += 1
 
     def finish(self, timeout_s: float) -> int:
         """Wait until every write has completed; returns the bytes written."""

@@ -183,6 +183,10 @@ class PendingTransfer(ABC):
     @abstractmethod
     def wait(self, timeout_s: float, cancelled: threading.Event | None) -> None: ...
 
+    def progress(self) -> bool:
+        """Advance the transfer without blocking; True once it has completed."""
+        return False
+
 
 class _Done(PendingTransfer):
     def wait(self, timeout_s: float, cancelled: threading.Event | None) -> None:
@@ -356,12 +360,20 @@ class _NixlPending(PendingTransfer):
         self._agent = runtime.agent
         self._handle = handle
         self._what = what
+        self._done = False
+
+    def progress(self) -> bool:
+        # Checking a handle's state is what completes it (and sends its notification) when
+        # the progress thread has not yet: call it while posting more, not only at the end.
+        if not self._done and self._agent.check_xfer_state(self._handle) == "DONE":
+            self._done = True
+        return self._done
 
     def wait(self, timeout_s: float, cancelled: threading.Event | None) -> None:
         deadline = time.monotonic() + timeout_s
         spins = 0
         try:
-            while True:
+            while not self._done:
                 state = self._agent.check_xfer_state(self._handle)
                 if state == "DONE":
                     return
