@@ -240,13 +240,17 @@ class DeviceBuffer:
         self._host: HostBuffer | None = None
         self._copy_h2d: Callable[[int, int, int], None] = copy_bytes
         self._copy_d2h: Callable[[int, int, int], None] = copy_bytes
+        self._gpu_problems: list[str] = []
         info = self._try_gpu() if mode in ("auto", "gpu") else None
         if info is None:
+            why = "; ".join(self._gpu_problems) or f"--device {mode}"
             if mode == "gpu":
-                raise RuntimeError("--device gpu was asked for, but no GPU library/device")
+                raise RuntimeError(f"--device gpu was asked for, but no GPU is usable ({why})")
             self._host = HostBuffer(self.size, lock_pages=False)
             self.address = self._host.address
-            info = DeviceInfo("DRAM", "none", "no GPU found: device tier is host DRAM")
+            info = DeviceInfo("DRAM", "none", f"device tier is host DRAM ({why})")
+            # The tier in use is in Stat, the ready line and metrics; say why here too.
+            log.info("device tier is host DRAM", extra={"reason": why})
         self.info = info
 
     def _try_gpu(self) -> DeviceInfo | None:
@@ -260,8 +264,9 @@ class DeviceBuffer:
                 self._copy_h2d = lambda d, s, n: rt.memcpy(d, s, n, rt.memcpyHostToDevice)
                 self._copy_d2h = lambda d, s, n: rt.memcpy(d, s, n, rt.memcpyDeviceToHost)
                 return DeviceInfo("VRAM", "cupy", f"cupy, device {rt.getDevice()}")
+            self._gpu_problems.append("cupy: no CUDA device")
         except Exception as exc:  # no cupy, no driver, no device
-            log.debug("cupy GPU tier unavailable", extra={"error": str(exc)})
+            self._gpu_problems.append(f"cupy: {exc}")
         try:
             import torch  # type: ignore[import-not-found]
 
@@ -273,8 +278,9 @@ class DeviceBuffer:
                 self._copy_d2h = lambda d, s, n: cudart.cudaMemcpy(d, s, n, 2)
                 name = torch.cuda.get_device_name(0)
                 return DeviceInfo("VRAM", "torch", f"torch, {name}")
+            self._gpu_problems.append("torch: CUDA not available")
         except Exception as exc:
-            log.debug("torch GPU tier unavailable", extra={"error": str(exc)})
+            self._gpu_problems.append(f"torch: {exc}")
         return None
 
     @property

@@ -3,9 +3,6 @@ controller process."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -21,6 +18,7 @@ from dualpath_agent.blockhash import block_chain
 from dualpath_agent.client import ReadPath, expected_region
 from dualpath_agent.launch import AgentHandle, start_agent
 from dualpath_agent.layout import BlockLayout
+from dualpath_controller.process import ControllerProcess
 
 LAYOUT = BlockLayout(layers=4, block_tokens=64, bytes_per_token_layer=1024)
 QOS = ["--traffic-class", "106", "--service-level", "3", "--dscp", "26"]
@@ -109,50 +107,15 @@ def test_nixl_and_fallback_agents_refuse_each_other_clearly(fallback_pair, tmp_p
 
 
 def test_agent_reports_its_read_queue_to_the_traffic_controller(tmp_path):
-    ready = tmp_path / "controller.json"
-    with open(tmp_path / "controller.log", "wb") as log:
-        controller = _start_controller(ready, log)
-    try:
-        _check_reports(ready, controller, tmp_path)
-    finally:
-        controller.terminate()
-        try:
-            controller.wait(10)
-        except subprocess.TimeoutExpired:
-            controller.kill()
-            controller.wait()
+    with ControllerProcess(
+        metrics_port=-1, report_interval_ms=100, log_path=tmp_path / "controller.log"
+    ) as controller:
+        _check_reports(controller.target, tmp_path)
 
 
-def _start_controller(ready, log) -> subprocess.Popen:  # type: ignore[no-untyped-def]
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dualpath_cli.main",
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-port",
-            "-1",
-            "--report-interval-ms",
-            "100",
-            "--ready-file",
-            str(ready),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _check_reports(ready, controller, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _check_reports(endpoint: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     agent = None
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists() and controller.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not ready.exists():
-            pytest.skip("the traffic controller process did not start (owned by another issue)")
-        endpoint = f"127.0.0.1:{json.loads(ready.read_text())['grpc_port']}"
         agent = start_agent(
             "report-node",
             "decode",
