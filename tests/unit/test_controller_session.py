@@ -130,6 +130,32 @@ def test_operation_errors_map_status_numbers():
     assert unknown.code() is grpc.StatusCode.UNKNOWN
 
 
+
+class _EndedCall(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_a_stream_that_broke_under_a_write_is_retryable_not_internal():
+    # grpc.aio reports a write that raced the stream's end as INTERNAL (grpc/grpc#36066)
+    broken = SessionOperationError.from_call(
+        _EndedCall(grpc.StatusCode.INTERNAL, "Internal error from Core")
+    )
+    assert broken.code() is grpc.StatusCode.UNAVAILABLE and "during a write" in broken.details()
+    # a real INTERNAL from the controller stays what it is
+    real = SessionOperationError.from_call(
+        _EndedCall(grpc.StatusCode.INTERNAL, "Schedule: internal error")
+    )
+    assert real.code() is grpc.StatusCode.INTERNAL and "Schedule: internal error" in real.details()
+    gone = SessionOperationError.from_call(_EndedCall(grpc.StatusCode.UNAVAILABLE, "reset"))
+    assert gone.code() is grpc.StatusCode.UNAVAILABLE
+
 @pytest.mark.parametrize(
     ("kwargs", "message"), [({"streams": 0}, "streams"), ({"max_batch": 0}, "max_batch")]
 )

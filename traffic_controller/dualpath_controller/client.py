@@ -217,6 +217,7 @@ def finish_or_missing(call: Callable[[], object], missing_ok: bool) -> bool:
 # ----- Session streams -----
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+_CORE_WRITE_FAILURE = "Internal error from Core"  # grpc.aio's details for a failed write
 
 
 class SessionOperationError(grpc.RpcError):
@@ -243,6 +244,14 @@ class SessionOperationError(grpc.RpcError):
         """The status a Session call ended with (AioRpcError, cancellation, ...)."""
         if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
             details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+            if exc.code() is grpc.StatusCode.INTERNAL and details == _CORE_WRITE_FAILURE:
+                # grpc.aio overwrites the status a stream ended with by this one when a
+                # write was in flight as it ended (grpc/grpc#36066): the stream is gone,
+                # nothing failed inside the controller, so retrying is right.
+                return cls(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "session stream ended during a write (controller gone or restarting)",
+                )
             return cls(exc.code(), f"session stream ended: {details}")
         if isinstance(exc, asyncio.CancelledError):
             return cls(grpc.StatusCode.CANCELLED, "session stream cancelled")

@@ -204,13 +204,21 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
         """One answer batch per request batch. Leaving (client gone, cancelled) releases
         nothing: requests live until Complete/Cancel (on any channel) or their TTL."""
         if self.sessions_open >= self.max_sessions:
-            await self._abort(
-                "Session",
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            message = (
                 f"too many sessions open (limit {self.max_sessions}); use the unary calls, or"
-                " start the controller with more --max-sessions",
+                " start the controller with more --max-sessions"
             )
+            # Answer the first batch in band before ending: a client write that races the
+            # stream's end loses the status to grpc.aio's INTERNAL (grpc/grpc#36066).
+            batch = await context.read()
+            if batch is not grpc.aio.EOF:  # type: ignore[attr-defined]
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+                error = pb.OperationError(code=code, message=message)
+                await context.write(pb.SessionResponseBatch(responses=[
+                    pb.SessionResponse(correlation_id=request.correlation_id, error=error)
+                    for request in batch.requests
+                ]))  # fmt: skip
+            await self._abort("Session", context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         self.sessions_open += 1
         self.state.metrics.sessions_open.inc()
         operations = 0

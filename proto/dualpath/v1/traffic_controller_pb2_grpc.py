@@ -149,7 +149,8 @@ class TrafficControllerServicer:
         carry the client's correlation ids; a failed operation is answered with its
         OperationError and the stream goes on. The stream ends with an error status only for
         the whole stream: RESOURCE_EXHAUSTED when the controller's session limit is reached
-        (at start), INVALID_ARGUMENT for an oversized batch, UNAVAILABLE when it shuts down.
+        (at start: the first batch's operations are answered with that error, then the stream
+        ends), INVALID_ARGUMENT for an oversized batch, UNAVAILABLE when it shuts down.
         Ending or cancelling a stream releases nothing: scheduled requests stay booked until
         completed or cancelled (on any stream or unary) or until the request TTL.
         """
