@@ -130,7 +130,6 @@ def test_operation_errors_map_status_numbers():
     assert unknown.code() is grpc.StatusCode.UNKNOWN
 
 
-
 class _EndedCall(grpc.RpcError):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         self._code, self._details = code, details
@@ -155,6 +154,7 @@ def test_a_stream_that_broke_under_a_write_is_retryable_not_internal():
     assert real.code() is grpc.StatusCode.INTERNAL and "Schedule: internal error" in real.details()
     gone = SessionOperationError.from_call(_EndedCall(grpc.StatusCode.UNAVAILABLE, "reset"))
     assert gone.code() is grpc.StatusCode.UNAVAILABLE
+
 
 @pytest.mark.parametrize(
     ("kwargs", "message"), [({"streams": 0}, "streams"), ({"max_batch": 0}, "max_batch")]
