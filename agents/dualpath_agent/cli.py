@@ -19,6 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
+from dualpath_common import tls
 from dualpath_common.logs import configure_logging
 
 log = logging.getLogger("dualpath_agent")
@@ -105,6 +106,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ready-file", type=Path, help="write endpoints as JSON here when serving")
     parser.add_argument("--controller", help="traffic controller host:port to report load to")
     parser.add_argument(
+        "--controller-tls-ca",
+        type=Path,
+        help="reach the controller over TLS, trusting this CA file or mounted TLS Secret"
+        " directory (its ca.crt, else tls.crt)",
+    )
+    parser.add_argument(
         "--engine",
         action="append",
         default=[],
@@ -157,6 +164,14 @@ def run(args: argparse.Namespace) -> int:
         transfer_timeout_s=args.transfer_timeout,
         faults=_faults_from_env(),  # type: ignore[arg-type]
     )
+    controller_trust: Path | None = None
+    if args.controller_tls_ca is not None:
+        try:  # a bad TLS file is a startup error that names it, not a reporter that fails
+            controller_trust = tls.trust_file(args.controller_tls_ca)
+            tls.read_pem(controller_trust, "controller TLS CA")
+        except tls.TlsConfigError as exc:
+            print(f"dualpath agent: {exc}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -170,7 +185,13 @@ def run(args: argparse.Namespace) -> int:
     if args.controller:
         from dualpath_agent.reporter import LoadReporter
 
-        agent.reporter = LoadReporter(agent, args.controller, args.engine, args.engine_hbm_tokens)
+        agent.reporter = LoadReporter(
+            agent,
+            args.controller,
+            args.engine,
+            args.engine_hbm_tokens,
+            tls_ca=controller_trust,
+        )
         agent.reporter.start()
     if args.ready_file:
         agent.write_ready_file(args.ready_file)

@@ -16,11 +16,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 from dualpath.v1 import traffic_controller_pb2 as tc
 from dualpath.v1 import traffic_controller_pb2_grpc as tc_grpc
+from dualpath_common import tls
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class LoadReporter:
         engine_ids: Sequence[str],
         hbm_tokens: int,
         engine_load: EngineLoadFn | None = None,
+        tls_ca: str | Path | None = None,
     ) -> None:
         self.agent = agent
         self.core = agent.core
@@ -43,7 +46,7 @@ class LoadReporter:
         self.engine_ids = list(engine_ids) or [f"{self.core.config.node}/engine0"]
         self.hbm_tokens = hbm_tokens
         self.engine_load = engine_load or (lambda _id: (0, 0, hbm_tokens))
-        self._channel = grpc.insecure_channel(controller)
+        self._channel = tls.channel(controller, tls_ca)
         self._stub = tc_grpc.TrafficControllerStub(self._channel)
         # Monotonic across restarts of this agent: start from the wall clock.
         self._seq = itertools.count(time.time_ns() // 1000)

@@ -392,7 +392,11 @@ class TrafficControllerSpec(ApiModel):
     port: int = Field(default=50051, ge=1, le=65535, description="gRPC port.")
     metrics_port: int = Field(default=9100, ge=1, le=65535)
     tls_secret_name: str | None = Field(
-        default=None, max_length=253, description="kubernetes.io/tls Secret for the gRPC endpoint."
+        default=None,
+        max_length=253,
+        description="kubernetes.io/tls Secret: the controller serves gRPC over TLS with its"
+        " tls.crt/tls.key, and the agents trust its ca.crt (or tls.crt when self-signed, never"
+        " mounting the key). The certificate must name <cluster>-controller.<namespace>.svc.",
     )
     command: list[str] = Field(default_factory=lambda: ["dualpath"], max_length=16)
     args: list[str] = Field(default_factory=list, max_length=64)

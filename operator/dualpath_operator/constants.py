@@ -32,6 +32,12 @@ MULTUS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 
 CONFIG_FILE_NAME = "dualpath.json"
 CONFIG_MOUNT_DIR = "/etc/dualpath"
-TLS_MOUNT_DIR = "/etc/dualpath/tls"
+# Beside the config mount, not inside it: a mount point inside a read-only ConfigMap volume
+# cannot be created by every runtime.
+TLS_MOUNT_DIR = "/etc/dualpath-tls"
+# The keys of a kubernetes.io/tls Secret (ca.crt only when a CA signed the certificate).
+TLS_CERT_FILE = "tls.crt"
+TLS_KEY_FILE = "tls.key"
+TLS_CA_FILE = "ca.crt"
 
 DEFAULT_IMAGE = "docker.io/dualpath/dualpath:0.1.0"

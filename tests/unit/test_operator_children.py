@@ -241,6 +241,31 @@ def test_controller_deployment_and_services():
     assert [p["name"] for p in no_metrics["spec"]["ports"]] == ["grpc"]
 
 
+def test_tls_secret_makes_the_controller_serve_tls_and_agents_trust_it_without_its_key():
+    c = ctx({"trafficController": {"tlsSecretName": "ctl-tls"}})
+    ctl = deployment.build(c)[0]["spec"]["template"]["spec"]["containers"][0]
+    args = ctl["args"]
+    assert args[args.index("--tls-cert-file") + 1] == "/etc/dualpath-tls/tls.crt"
+    assert args[args.index("--tls-key-file") + 1] == "/etc/dualpath-tls/tls.key"
+    assert {"name": "tls", "mountPath": "/etc/dualpath-tls", "readOnly": True} in ctl[
+        "volumeMounts"
+    ]
+    for ds in daemonset.build(c):
+        pod = ds["spec"]["template"]["spec"]
+        agent_args = pod["containers"][0]["args"]
+        assert agent_args[agent_args.index("--controller-tls-ca") + 1] == "/etc/dualpath-tls"
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "controller-tls"]
+        assert volume["secret"]["secretName"] == "ctl-tls" and volume["secret"]["optional"]
+        assert sorted(item["key"] for item in volume["secret"]["items"]) == ["ca.crt", "tls.crt"]
+    plain = ctx()
+    assert (
+        "--tls-cert-file"
+        not in deployment.build(plain)[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    for ds in daemonset.build(plain):
+        assert "--controller-tls-ca" not in ds["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
 def test_rbac_is_least_privilege():
     c = ctx()
     agent_sa, controller_sa = rbac.service_accounts(c)

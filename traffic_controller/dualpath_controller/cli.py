@@ -71,6 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Session streams open at once (more are refused with RESOURCE_EXHAUSTED)",
     )
     parser.add_argument(
+        "--tls-cert-file",
+        type=Path,
+        help="serve gRPC over TLS with this PEM certificate (a mounted kubernetes.io/tls"
+        " Secret's tls.crt); needs --tls-key-file",
+    )
+    parser.add_argument("--tls-key-file", type=Path, help="the PEM private key (tls.key)")
+    parser.add_argument(
         "--ready-file",
         type=Path,
         help="write {grpc_port, metrics_port, pid} as JSON here once serving",
@@ -111,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
             max_sessions=args.max_sessions,
             metrics_host=args.metrics_host,
             metrics_port=metrics_port,
+            tls_cert_file=args.tls_cert_file,
+            tls_key_file=args.tls_key_file,
         )
     except (ValueError, OSError) as exc:
         print(f"dualpath controller: {exc}", file=sys.stderr)

@@ -24,12 +24,14 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import grpc
 from dualpath.v1 import traffic_controller_pb2 as pb
 from dualpath.v1 import traffic_controller_pb2_grpc as pb_grpc
+from dualpath_common import tls
 
 from dualpath_controller.convert import ROLE_TO_PROTO, parse_role
 from dualpath_controller.policy import Role
@@ -57,10 +59,14 @@ class EngineLoad:
 
 
 class ControllerClient:
-    def __init__(self, target: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, target: str, *, timeout_s: float = 5.0, tls_ca: str | Path | None = None
+    ) -> None:
+        """`tls_ca`: a CA file or a mounted TLS Secret directory; the channel is plaintext
+        without it (the controller then must listen without TLS too)."""
         self.target = target
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(target)
+        self.channel = tls.channel(target, tls_ca)
         self.stub = pb_grpc.TrafficControllerStub(self.channel)
 
     def __enter__(self) -> ControllerClient:
@@ -396,7 +402,14 @@ class _SessionCore:
     """Streams of one grpc.aio channel and the correlation ids: what both session classes
     share. Create and use it on one event loop."""
 
-    def __init__(self, target: str, streams: int, max_batch: int, release_linger_s: float) -> None:
+    def __init__(
+        self,
+        target: str,
+        streams: int,
+        max_batch: int,
+        release_linger_s: float,
+        tls_ca: str | Path | None = None,
+    ) -> None:
         if streams < 1:
             raise ValueError(f"streams must be >= 1, got {streams}")
         if not 1 <= max_batch <= 1024:
@@ -405,7 +418,7 @@ class _SessionCore:
             raise ValueError(f"release_linger_s must be in [0, 1], got {release_linger_s}")
         self.max_batch = max_batch
         self.release_linger_s = release_linger_s
-        self.channel = grpc.aio.insecure_channel(target)  # binds to the running loop
+        self.channel = tls.aio_channel(target, tls_ca)  # binds to the running loop
         self.stub = pb_grpc.TrafficControllerStub(self.channel)
         self.streams: list[_SessionStream | None] = [None] * streams
         self.next_id = itertools.count(1)  # next() is atomic under the GIL
@@ -477,10 +490,11 @@ class AsyncControllerSession:
         timeout_s: float = 5.0,
         max_batch: int = 256,
         release_linger_s: float = RELEASE_LINGER_S,
+        tls_ca: str | Path | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._core = _SessionCore(target, streams, max_batch, release_linger_s)
+        self._core = _SessionCore(target, streams, max_batch, release_linger_s, tls_ca)
         self._loop = asyncio.get_running_loop()
         self._closed = False
 
@@ -628,6 +642,7 @@ class ControllerSession:
         timeout_s: float = 5.0,
         max_batch: int = 256,
         release_linger_s: float = RELEASE_LINGER_S,
+        tls_ca: str | Path | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
@@ -643,7 +658,7 @@ class ControllerSession:
         self._thread.start()
 
         async def make_core() -> _SessionCore:
-            return _SessionCore(target, streams, max_batch, release_linger_s)
+            return _SessionCore(target, streams, max_batch, release_linger_s, tls_ca)
 
         try:
             self._core = self._on_loop(make_core())

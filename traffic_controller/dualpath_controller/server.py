@@ -33,11 +33,13 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 from dualpath.v1 import traffic_controller_pb2 as pb
 from dualpath.v1 import traffic_controller_pb2_grpc as pb_grpc
+from dualpath_common import tls
 from dualpath_common.observability import ObservabilityServer
 
 from dualpath_controller.state import ControllerError, ControllerState
@@ -300,8 +302,18 @@ class ControllerServer:
         metrics_host: str = "127.0.0.1",
         metrics_port: int | None = None,
         max_sessions: int = 16,
+        tls_cert_file: str | Path | None = None,
+        tls_key_file: str | Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if (tls_cert_file is None) != (tls_key_file is None):
+            raise ValueError("TLS needs both a certificate and a key file (or neither)")
+        # Read now: a missing or malformed file is a startup error that names it.
+        self.credentials = (
+            tls.server_credentials(tls_cert_file, tls_key_file)
+            if tls_cert_file is not None and tls_key_file is not None
+            else None
+        )
         if max_workers < 4:
             raise ValueError(f"max_workers must be >= 4, got {max_workers}")
         if max_sessions < 0:
@@ -358,6 +370,7 @@ class ControllerServer:
                 "params": self.state.policy.params,
                 "max_workers": self.max_workers,
                 "max_sessions": self.max_sessions,
+                "tls": self.credentials is not None,
                 "metrics_port": self.observability.port if self.observability else None,
             },
         )
@@ -366,7 +379,10 @@ class ControllerServer:
     async def _start(self) -> int:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_TrafficControllerServicer_to_server(self.service, server)
-        port = server.add_insecure_port(self.listen)
+        if self.credentials is None:
+            port = server.add_insecure_port(self.listen)
+        else:
+            port = server.add_secure_port(self.listen, self.credentials)
         await server.start()
         self._server = server
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="liveness")

@@ -41,6 +41,7 @@ def default_args(ctx: ClusterContext, role: str) -> list[str]:
         str(quantity_bytes(agent.host_buffer)),
         "--controller",
         ctx.controller_address,
+        *pod.controller_tls_args(ctx, "client"),
     ]
     kv = ctx.qos_by_purpose.get("kvCache")
     if kv is not None:
@@ -129,7 +130,7 @@ def agent_container(ctx: ClusterContext, role: str) -> Obj:
     _, config_mount = pod.config_volume(ctx)
     _, store_mount = storage_volume(ctx)
     mounts = [config_mount, store_mount]
-    tls = pod.tls_volume(ctx)
+    tls = pod.tls_trust_volume(ctx)
     if tls:
         mounts.append(tls[1])
     env = [
@@ -173,7 +174,7 @@ def agent_daemonset(ctx: ClusterContext, role: str) -> Obj:
     config_volume, _ = pod.config_volume(ctx)
     store_volume, _ = storage_volume(ctx)
     volumes = [config_volume, store_volume]
-    tls = pod.tls_volume(ctx)
+    tls = pod.tls_trust_volume(ctx)
     if tls:
         volumes.append(tls[0])
     pod_spec: Obj = {

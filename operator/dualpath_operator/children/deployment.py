@@ -34,6 +34,7 @@ def default_args(ctx: ClusterContext) -> list[str]:
         f"{ctl.parameters.engine_timeout_seconds:g}",
         "--log-level",
         ctl.log_level.upper(),
+        *pod.controller_tls_args(ctx, "server"),
     ]
     return args
 

@@ -7,6 +7,9 @@ from dualpath_operator.children.common import ClusterContext
 from dualpath_operator.constants import (
     ANNOTATION_CONFIG_HASH,
     CONFIG_MOUNT_DIR,
+    TLS_CA_FILE,
+    TLS_CERT_FILE,
+    TLS_KEY_FILE,
     TLS_MOUNT_DIR,
 )
 from dualpath_operator.kube import Obj
@@ -59,12 +62,43 @@ def config_volume(ctx: ClusterContext) -> tuple[Obj, Obj]:
 
 
 def tls_volume(ctx: ClusterContext) -> tuple[Obj, Obj] | None:
+    """The controller's TLS Secret, whole (it serves with tls.crt and tls.key)."""
     secret = ctx.spec.traffic_controller.tls_secret_name
     if not secret:
         return None
     volume = {"name": "tls", "secret": {"secretName": secret}}
     mount = {"name": "tls", "mountPath": TLS_MOUNT_DIR, "readOnly": True}
     return volume, mount
+
+
+def tls_trust_volume(ctx: ClusterContext) -> tuple[Obj, Obj] | None:
+    """What a client of the controller needs from its TLS Secret: the certificates, never
+    the private key. ca.crt is optional in a kubernetes.io/tls Secret (absent for a
+    self-signed certificate), hence `optional`: a missing key leaves its file out."""
+    secret = ctx.spec.traffic_controller.tls_secret_name
+    if not secret:
+        return None
+    items = [{"key": name, "path": name} for name in (TLS_CERT_FILE, TLS_CA_FILE)]
+    volume = {
+        "name": "controller-tls",
+        "secret": {"secretName": secret, "items": items, "optional": True},
+    }
+    mount = {"name": "controller-tls", "mountPath": TLS_MOUNT_DIR, "readOnly": True}
+    return volume, mount
+
+
+def controller_tls_args(ctx: ClusterContext, side: str) -> list[str]:
+    """TLS flags of the controller ("server") or of its clients ("client")."""
+    if not ctx.spec.traffic_controller.tls_secret_name:
+        return []
+    if side == "server":
+        return [
+            "--tls-cert-file",
+            f"{TLS_MOUNT_DIR}/{TLS_CERT_FILE}",
+            "--tls-key-file",
+            f"{TLS_MOUNT_DIR}/{TLS_KEY_FILE}",
+        ]
+    return ["--controller-tls-ca", TLS_MOUNT_DIR]
 
 
 def common_args(command: list[str], args: list[str], default: list[str], extra: list[str]) -> Obj:
