@@ -441,7 +441,13 @@ class DualPathClusterSpec(ApiModel):
 # --- status ----------------------------------------------------------------------------
 
 ConditionType = Literal["Ready", "Progressing", "Degraded", "NetworkReady"]
-CONDITION_TYPES: tuple[str, ...] = ("Ready", "Progressing", "Degraded", "NetworkReady")
+CONDITION_TYPES: tuple[str, ...] = (
+    "Ready",
+    "Progressing",
+    "Degraded",
+    "NetworkReady",
+    "MonitoringReady",
+)
 
 
 class Condition(ApiModel):

@@ -29,6 +29,7 @@ from dualpath_operator.kube import ApiError, KubeClient, Obj, ResourceType
 from dualpath_operator.status import (
     ChildChanges,
     EventSpec,
+    MonitoringState,
     NetworkState,
     Observation,
     Rollout,
@@ -178,6 +179,11 @@ class Reconciler:
                 applied=tuple(ctx.attachment_name(a.name) for a in spec.network.attachments)
                 if caps.network_attachments
                 else (),
+            ),
+            monitoring=MonitoringState(
+                metrics=spec.monitoring.metrics,
+                service_monitor_requested=spec.monitoring.service_monitor,
+                service_monitor_supported=caps.service_monitors,
             ),
             apply_errors=tuple(errors),
             config_hash=ctx.config_hash,

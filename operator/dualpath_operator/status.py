@@ -87,6 +87,13 @@ class NetworkState:
 
 
 @dataclass(frozen=True)
+class MonitoringState:
+    metrics: bool
+    service_monitor_requested: bool
+    service_monitor_supported: bool
+
+
+@dataclass(frozen=True)
 class Observation:
     """Everything status depends on, gathered by one reconcile."""
 
@@ -95,6 +102,7 @@ class Observation:
     decode: Rollout
     controller: Rollout
     network: NetworkState | None  # None: unknown (invalid spec)
+    monitoring: MonitoringState | None = None  # None: unknown (invalid spec)
     problems: tuple[str, ...] = ()
     apply_errors: tuple[str, ...] = ()
     config_hash: str = ""
@@ -154,6 +162,35 @@ def network_condition(obs: Observation, previous: dict[str, Condition]) -> Condi
         "AttachmentsApplied",
         "NetworkAttachmentDefinitions applied: " + ", ".join(net.applied),
     )
+
+
+def monitoring_condition(obs: Observation, previous: dict[str, Condition]) -> Condition:
+    """Whether what monitoring asks for exists. Never affects Ready: the data path runs
+    without a ServiceMonitor, but whoever asked for one should see why there is none."""
+    mon = obs.monitoring
+    if mon is None:
+        return previous.get("MonitoringReady") or _cond(
+            "MonitoringReady", None, "InvalidSpec", "the spec is invalid; monitoring not evaluated"
+        )
+    if not mon.metrics:
+        return _cond("MonitoringReady", True, "MetricsDisabled", "spec.monitoring.metrics is false")
+    if not mon.service_monitor_requested:
+        return _cond(
+            "MonitoringReady",
+            True,
+            "ServiceMonitorNotRequested",
+            "metrics served on every component's /metrics port; no ServiceMonitor asked for",
+        )
+    if not mon.service_monitor_supported:
+        return _cond(
+            "MonitoringReady",
+            False,
+            "ServiceMonitorCRDMissing",
+            "spec.monitoring.serviceMonitor is true, but the cluster does not serve "
+            "monitoring.coreos.com/v1 ServiceMonitor: install the Prometheus Operator (its "
+            "CRDs), or set spec.monitoring.serviceMonitor to false",
+        )
+    return _cond("MonitoringReady", True, "ServiceMonitorApplied", "ServiceMonitor applied")
 
 
 def _agents_summary(obs: Observation) -> str:
@@ -250,6 +287,7 @@ def compute_status(previous_raw: Obj | None, obs: Observation, now: str) -> Dual
         progressing_condition(obs),
         degraded_condition(obs, network),
         network,
+        monitoring_condition(obs, prev_conditions),
     ]
     by_type = {c.type: _with_times(c, prev_conditions, obs.generation, now) for c in conditions}
     return DualPathClusterStatus(
@@ -290,7 +328,12 @@ def status_changed(previous_raw: Obj | None, new: DualPathClusterStatus) -> bool
 
 
 # Which transitions are worth an Event, and of which type.
-_WARN_WHEN = {"Ready": "False", "Degraded": "True", "NetworkReady": "False"}
+_WARN_WHEN = {
+    "Ready": "False",
+    "Degraded": "True",
+    "NetworkReady": "False",
+    "MonitoringReady": "False",
+}
 
 
 def transition_events(previous_raw: Obj | None, new: DualPathClusterStatus) -> list[EventSpec]:

@@ -784,6 +784,10 @@ def test_network_attachments_follow_the_multus_crd(env):
     # Level-based: a transient apply error (ApplyFailed) is retried with backoff, so wait
     # for the converged reason rather than reading the first status written.
     cluster.wait_condition("beta", "Degraded", "True", "NetworkNotReady")
+    # A ServiceMonitor asked for without its CRD: reported, not silently skipped.
+    cluster.patch_spec("beta", {"monitoring": {"serviceMonitor": True}})
+    cond = cluster.wait_condition("beta", "MonitoringReady", "False", "ServiceMonitorCRDMissing")
+    assert "Prometheus Operator" in cond["message"]
     ext = client.ApiextensionsV1Api(cluster.api)
     nad_crd = simple_crd(
         "k8s.cni.cncf.io", "network-attachment-definitions", "NetworkAttachmentDefinition"
@@ -793,6 +797,7 @@ def test_network_attachments_follow_the_multus_crd(env):
     install_crd(ext, sm_crd)
     try:
         cluster.wait_condition("beta", "NetworkReady", "True", "AttachmentsApplied")
+        cluster.wait_condition("beta", "MonitoringReady", "True", "ServiceMonitorApplied")
         nad = cluster.co.get_namespaced_custom_object(
             "k8s.cni.cncf.io", "v1", cluster.ns, "network-attachment-definitions", "beta-rdma0"
         )
@@ -827,6 +832,7 @@ def test_network_attachments_follow_the_multus_crd(env):
 
         wait_for(pruned, "ServiceMonitor and NetworkAttachmentDefinition to be pruned")
         cluster.wait_condition("beta", "NetworkReady", "True", "NoAttachments")
+        cluster.wait_condition("beta", "MonitoringReady", "True", "ServiceMonitorNotRequested")
     finally:
         for crd in (nad_crd, sm_crd):
             with contextlib.suppress(ApiException):

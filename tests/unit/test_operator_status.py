@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from dualpath_operator.status import (
+    MonitoringState,
     NetworkState,
     Observation,
     Rollout,
@@ -30,6 +31,9 @@ def obs(**kw: Any) -> Observation:
             desired=1, ready=1, updated=1, available=1, complete=True, exists=True
         ),
         "network": NO_NET,
+        "monitoring": MonitoringState(
+            metrics=True, service_monitor_requested=False, service_monitor_supported=False
+        ),
         "config_hash": "abc",
         "controller_endpoint": "demo-controller.ns.svc:50051",
     }
@@ -87,6 +91,7 @@ def test_all_ready():
         "Progressing": ("False", "RolloutComplete"),
         "Degraded": ("False", "AsExpected"),
         "NetworkReady": ("True", "NoAttachments"),
+        "MonitoringReady": ("True", "ServiceMonitorNotRequested"),
     }
     assert status.agents.prefill.summary == "2/2"
     assert status.observed_generation == 3
@@ -177,3 +182,31 @@ def test_events_for_meaningful_transitions_only():
     assert ("Normal", "Recovered") in [
         (e.type, e.reason) for e in transition_events(status_to_json(other), fixed)
     ]
+
+
+def test_a_service_monitor_asked_without_its_crd_is_reported_not_hidden():
+    missing = MonitoringState(
+        metrics=True, service_monitor_requested=True, service_monitor_supported=False
+    )
+    got = compute_status(None, obs(monitoring=missing), "T")
+    c = conditions(got)
+    assert c["MonitoringReady"] == ("False", "ServiceMonitorCRDMissing")
+    assert c["Ready"] == ("True", "AllComponentsReady")  # the data path does not need it
+    message = next(x.message for x in got.conditions if x.type == "MonitoringReady")
+    assert "spec.monitoring.serviceMonitor" in message and "Prometheus Operator" in message
+    events = transition_events(None, got)
+    assert any(e.type == "Warning" and e.reason == "ServiceMonitorCRDMissing" for e in events)
+    served = MonitoringState(
+        metrics=True, service_monitor_requested=True, service_monitor_supported=True
+    )
+    assert conditions(compute_status(None, obs(monitoring=served), "T"))["MonitoringReady"] == (
+        "True",
+        "ServiceMonitorApplied",
+    )
+    off = MonitoringState(
+        metrics=False, service_monitor_requested=True, service_monitor_supported=False
+    )
+    assert conditions(compute_status(None, obs(monitoring=off), "T"))["MonitoringReady"] == (
+        "True",
+        "MetricsDisabled",
+    )
