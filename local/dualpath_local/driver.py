@@ -29,7 +29,7 @@ import grpc
 from dualpath_agent.blockhash import ChainedBlock
 from dualpath_agent.client import AgentClient, ReadPath, expected_region
 from dualpath_agent.layout import BlockLayout
-from dualpath_controller.client import ControllerClient
+from dualpath_controller.client import ControllerClient, ControllerSession
 
 from dualpath_local.engines import EngineBook, Gpu
 from dualpath_local.stack import StoreLinks
@@ -127,7 +127,7 @@ class PhaseRun:
 class Cluster:
     """Clients of one phase: the controller and every node's agent."""
 
-    controller: ControllerClient
+    controller: ControllerClient | ControllerSession
     agents: dict[str, AgentClient]
     endpoints: dict[str, str]
     engine_node: dict[str, str]

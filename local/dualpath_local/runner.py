@@ -25,7 +25,7 @@ from typing import Any
 from dualpath_agent.client import AgentClient, ReadPath
 from dualpath_agent.layout import BlockLayout
 from dualpath_common.logs import JsonFormatter
-from dualpath_controller.client import ControllerClient
+from dualpath_controller.client import ControllerSession
 from dualpath_controller.policy.paper import alpha_for
 from rich.console import Console
 from rich.live import Live
@@ -339,7 +339,9 @@ class Demo:
         assert self.monitor is not None and self.links is not None
         tag = f"p{index}-{policy}"
         target = self.start_controller(policy, tag)
-        controller = ControllerClient(target, timeout_s=30.0)
+        # The engines' frontend schedules over a Session stream (pipelined, batched), the
+        # API a production frontend uses; its calls mirror ControllerClient's.
+        controller = ControllerSession(target, timeout_s=30.0)
         cluster = Cluster(
             controller=controller,
             agents=self.clients,
