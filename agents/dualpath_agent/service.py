@@ -39,7 +39,7 @@ from dualpath_agent.store import (
     StoreError,
     StoreFull,
 )
-from dualpath_agent.transport import Desc, TransferError
+from dualpath_agent.transport import Desc, LayerWrites, TransferError
 from dualpath_agent.validation import (
     de_block_count,
     parse_layout,
@@ -232,6 +232,7 @@ class _GroupPoster:
         self.core, self.peer, self.request, self.layout = core, peer, request, layout
         self.cancel = cancel
         self.pending: list[Any] = []
+        self.prepared: list[LayerWrites] = []  # released once their writes have completed
         self._completed = 0  # pending[:_completed] are known to have completed
         self.sent = 0
         self.error: BaseException | None = None
@@ -252,9 +253,10 @@ class _GroupPoster:
             if self.error is not None or self.cancel.is_set():
                 continue
             try:
-                # Descriptors of layer i = layer 0's + i x stride on each side: built with
-                # numpy once per group, so a layer costs no Python object per block (this
-                # thread's posting time is on the transfer's critical path).
+                # Descriptors of layer i = layer 0's + i x stride on each side: every layer's
+                # built with numpy and prepared once per group, so posting a layer costs no
+                # Python object per block (this thread's posting time is on the transfer's
+                # critical path).
                 layer0 = np.array(
                     [staged.layer_address(i, 0) for i in range(len(staged.blocks))],
                     dtype=np.uint64,
@@ -266,16 +268,18 @@ class _GroupPoster:
                 )
                 sizes = np.array([b.tokens * bpt for b in staged.blocks], dtype=np.uint64)
                 layer_bytes = int(sizes.sum())
-                rows = np.empty((len(sizes), 3), dtype=np.uint64)
-                rows[:, 2] = sizes
+                layers = np.arange(self.layout.layers, dtype=np.uint64)[:, None]
+                rows = np.empty((self.layout.layers, len(sizes), 3), dtype=np.uint64)
+                rows[:, :, 0] = layer0 + layers * local_stride
+                rows[:, :, 1] = remote0 + layers * np.uint64(r.target_layer_stride)
+                rows[:, :, 2] = sizes
+                writes = self.core.peer.prepare_layer_writes(
+                    self.peer, rows, r.target_mem_type, "DRAM"
+                )
+                self.prepared.append(writes)
                 for layer in range(self.layout.layers):
-                    rows[:, 0] = layer0 + np.uint64(layer) * local_stride
-                    rows[:, 1] = remote0 + np.uint64(layer * r.target_layer_stride)
                     tag = f"{r.transfer_id}:{layer}:{group}".encode()
-                    handle = self.core.peer.post_write_rows(
-                        self.peer, rows, r.target_mem_type, "DRAM", tag
-                    )
-                    self.pending.append(handle)
+                    self.pending.append(writes.post(layer, tag))
                     self.sent += layer_bytes
                     self._progress_pending()
             except BaseException as exc:
@@ -298,7 +302,13 @@ class _GroupPoster:
         while self.pending:
             self.pending[0].wait(timeout_s, self.cancel)
             self.pending.pop(0)
+        self._release_prepared()
         return self.sent
+
+    def _release_prepared(self) -> None:
+        for writes in self.prepared:
+            writes.release()
+        self.prepared.clear()
 
     def abort(self) -> None:
         self._queue.put(None)
@@ -307,6 +317,7 @@ class _GroupPoster:
             with contextlib.suppress(Exception):
                 handle.wait(1.0, None)
         self.pending.clear()
+        self._release_prepared()
 
 
 class AgentService(agent_pb2_grpc.AgentServicer):

@@ -231,6 +231,15 @@ class PeerTransport(ABC):
         descs = [Desc(int(a), int(r), int(n)) for a, r, n in rows]
         return self.post_write(peer, descs, remote_mem, local_mem, notif)
 
+    def prepare_layer_writes(
+        self, peer: str, rows: np.ndarray, remote_mem: str, local_mem: str
+    ) -> LayerWrites:
+        """WRITEs of the same blocks' slices, layer after layer: `rows` is (layers, blocks,
+        3) of uint64 (local address, remote address, bytes). Checked once here; a transport
+        may prepare every layer's descriptors now, so posting a layer costs little."""
+        self._check_local_rows(rows.reshape(-1, 3))
+        return LayerWrites(self, peer, rows, remote_mem, local_mem)
+
     def wait_notification(
         self, peer: str, message: bytes, timeout_s: float, cancelled: threading.Event | None
     ) -> None:
@@ -254,6 +263,25 @@ class PeerTransport(ABC):
         if not inside.all():
             bad = int(np.argmin(inside))
             self._check_local(int(rows[bad, 0]), int(rows[bad, 2]))  # raises, naming it
+
+
+class LayerWrites:
+    """Prepared per-layer WRITEs to one peer (see PeerTransport.prepare_layer_writes).
+    Release it once every posted write has completed."""
+
+    def __init__(
+        self, transport: PeerTransport, peer: str, rows: np.ndarray, remote_mem: str, local_mem: str
+    ) -> None:
+        self.transport, self.peer, self.rows = transport, peer, rows
+        self.remote_mem, self.local_mem = remote_mem, local_mem
+
+    def post(self, layer: int, notif: bytes) -> PendingTransfer:
+        return self.transport.post_write_rows(
+            self.peer, self.rows[layer], self.remote_mem, self.local_mem, notif
+        )
+
+    def release(self) -> None:
+        return None
 
 
 class StorageReader(ABC):
@@ -390,6 +418,64 @@ class _NixlPending(PendingTransfer):
                 self._handle.release()
 
 
+class _NixlLayerWrites(LayerWrites):
+    """Both sides' descriptors of every layer prepared once (prep_xfer_dlist); a layer is
+    then posted by index (make_prepped_xfer): no descriptor list is built per layer, and
+    this thread's posting time is on the transfer's critical path."""
+
+    def __init__(
+        self,
+        transport: NixlPeerTransport,
+        peer: str,
+        rows: np.ndarray,
+        remote_mem: str,
+        local_mem: str,
+    ) -> None:
+        super().__init__(transport, peer, rows, remote_mem, local_mem)
+        self._agent = transport._agent
+        self._runtime = transport.runtime
+        layers, blocks = rows.shape[0], rows.shape[1]
+        flat = rows.reshape(-1, 3)
+        dev = np.zeros(len(flat), dtype=np.uint64)
+        self._blocks = blocks
+        self._local: Any = None
+        self._remote: Any = None
+        try:
+            self._local = self._agent.prep_xfer_dlist(
+                "NIXL_INIT_AGENT", np.column_stack((flat[:, 0], flat[:, 2], dev)), local_mem
+            )
+            self._remote = self._agent.prep_xfer_dlist(
+                peer, np.column_stack((flat[:, 1], flat[:, 2], dev)), remote_mem
+            )
+        except Exception as exc:
+            self.release()
+            raise TransferError(f"NIXL WRITE to {peer} could not be prepared: {exc}") from exc
+        self._indices = np.arange(layers * blocks, dtype=np.int32).reshape(layers, blocks)
+
+    def post(self, layer: int, notif: bytes) -> PendingTransfer:
+        if not self._blocks:
+            return _Done()
+        index = self._indices[layer]
+        try:
+            handle = self._agent.make_prepped_xfer(
+                "WRITE", self._local, index, self._remote, index, notif
+            )
+        except Exception as exc:
+            raise TransferError(f"NIXL WRITE to {self.peer} could not start: {exc}") from exc
+        if self._agent.transfer(handle) == "ERR":
+            with contextlib.suppress(Exception):
+                handle.release()
+            raise TransferError(f"NIXL WRITE to {self.peer} failed to post")
+        return _NixlPending(self._runtime, handle, f"WRITE to {self.peer}")
+
+    def release(self) -> None:
+        for handle in (self._local, self._remote):
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    handle.release()
+        self._local = self._remote = None
+
+
 def _descs(rows: list[tuple[int, int, int]]) -> np.ndarray:
     return np.array(rows, dtype=np.uint64).reshape(-1, 3)
 
@@ -485,6 +571,12 @@ class NixlPeerTransport(PeerTransport):
                 handle.release()
             raise TransferError(f"NIXL {op} to {peer} failed to post")
         return _NixlPending(self.runtime, handle, f"{op} to {peer}")
+
+    def prepare_layer_writes(
+        self, peer: str, rows: np.ndarray, remote_mem: str, local_mem: str
+    ) -> LayerWrites:
+        self._check_local_rows(rows.reshape(-1, 3))
+        return _NixlLayerWrites(self, peer, rows, remote_mem, local_mem)
 
     def _fetch_notifications(self) -> dict[str, list[bytes]]:
         try:
