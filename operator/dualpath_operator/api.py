@@ -396,7 +396,8 @@ class TrafficControllerSpec(ApiModel):
         max_length=253,
         description="kubernetes.io/tls Secret: the controller serves gRPC over TLS with its"
         " tls.crt/tls.key, and the agents trust its ca.crt (or tls.crt when self-signed, never"
-        " mounting the key). The certificate must name <cluster>-controller.<namespace>.svc.",
+        " mounting the key). The certificate must name <cluster>-controller.<namespace>.svc;"
+        " renewals are picked up without a restart.",
     )
     command: list[str] = Field(default_factory=lambda: ["dualpath"], max_length=16)
     args: list[str] = Field(default_factory=list, max_length=64)

@@ -1,16 +1,20 @@
 """TLS on the traffic controller's gRPC endpoint, with real processes: the controller serves
 with a certificate laid out like a mounted kubernetes.io/tls Secret; unary and Session
 clients and an agent's load reporter reach it by trusting the CA; a plaintext client or one
-trusting another CA is refused; bad TLS files stop the controller at startup, naming them."""
+trusting another CA is refused; a rotated certificate is served without a restart (a bad pair
+is refused and the old one kept); bad TLS files stop the controller at startup, naming them."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from dualpath_agent.launch import start_agent
 from dualpath_controller.client import ControllerClient, ControllerSession
@@ -106,3 +110,53 @@ def test_bad_tls_files_stop_the_controller_and_name_the_file(secret, tmp_path):
         timeout=60,
     )
     assert agent.returncode == 2 and f"{not_pem}: not a PEM file" in agent.stderr
+
+
+def _swap_in(source: Path, live: Path, names: tuple[str, ...] = ("tls.crt", "tls.key")) -> None:
+    """Replace files the way the kubelet updates a mounted Secret: new files, then a rename."""
+    for name in names:
+        shutil.copy(source / name, live / f".{name}.new")
+        os.replace(live / f".{name}.new", live / name)
+
+
+def _reloads(proc: ControllerProcess) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=5).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("dualpath_controller_tls_certificate_reloads_total{"):
+            outcome = line.split('outcome="')[1].split('"')[0]
+            out[outcome] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _served(target: str, trust: Path) -> bool:
+    with ControllerClient(target, tls_ca=trust, timeout_s=3) as client:
+        try:
+            client.status()
+            return True
+        except grpc.RpcError as exc:
+            assert exc.code() is grpc.StatusCode.UNAVAILABLE
+            return False
+
+
+def test_a_rotated_certificate_is_served_without_a_restart(tmp_path):
+    first = write_tls_secret(tmp_path / "first", ["localhost"], ["127.0.0.1"], "first-ca")
+    second = write_tls_secret(tmp_path / "second", ["localhost"], ["127.0.0.1"], "second-ca")
+    live = tmp_path / "live"
+    shutil.copytree(first, live)
+    args = ["--tls-cert-file", str(live / "tls.crt"), "--tls-key-file", str(live / "tls.key")]
+    proc = ControllerProcess(extra_args=args).start()
+    try:
+        assert _served(proc.target, first / "ca.crt")
+        _swap_in(second, live)
+        assert _served(proc.target, second / "ca.crt")  # a new connection, the new cert
+        assert not _served(proc.target, first / "ca.crt")
+        assert _reloads(proc).get("reloaded") == 1
+        # Half a rotation (the first certificate with the second key): kept the current pair.
+        _swap_in(first, live, ("tls.crt",))
+        assert _served(proc.target, second / "ca.crt")
+        assert _reloads(proc).get("rejected") == 1
+        assert proc.proc is not None and proc.proc.poll() is None
+        assert "TLS certificate not reloaded" in proc.log_text()
+    finally:
+        proc.stop()

@@ -62,6 +62,12 @@ class ControllerMetrics:
             ["method", "code"],
             registry=self.registry,
         )
+        self.tls_reloads = Counter(
+            "dualpath_controller_tls_certificate_reloads_total",
+            "Changes of the TLS certificate files seen: reloaded, or rejected (kept the old)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.sessions_open = Gauge(
             "dualpath_controller_sessions_open",
             "Session streams open right now",

@@ -310,7 +310,11 @@ class ControllerServer:
             raise ValueError("TLS needs both a certificate and a key file (or neither)")
         # Read now: a missing or malformed file is a startup error that names it.
         self.credentials = (
-            tls.server_credentials(tls_cert_file, tls_key_file)
+            tls.ReloadingServerCertificate(
+                tls_cert_file,
+                tls_key_file,
+                lambda outcome: state.metrics.tls_reloads.labels(outcome).inc(),
+            ).credentials()
             if tls_cert_file is not None and tls_key_file is not None
             else None
         )
