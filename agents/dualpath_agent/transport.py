@@ -238,6 +238,12 @@ class PeerTransport(ABC):
         3) of uint64 (local address, remote address, bytes). Checked once here; a transport
         may prepare every layer's descriptors now, so posting a layer costs little."""
         self._check_local_rows(rows.reshape(-1, 3))
+        return self._layer_writes(peer, rows, remote_mem, local_mem)
+
+    def _layer_writes(
+        self, peer: str, rows: np.ndarray, remote_mem: str, local_mem: str
+    ) -> LayerWrites:
+        """Generic: each layer posted through post_write_rows."""
         return LayerWrites(self, peer, rows, remote_mem, local_mem)
 
     def wait_notification(
@@ -523,11 +529,6 @@ class NixlPeerTransport(PeerTransport):
     ) -> PendingTransfer:
         return self._post("READ", peer, descs, remote_mem, local_mem, b"")
 
-    def post_write_rows(
-        self, peer: str, rows: np.ndarray, remote_mem: str, local_mem: str, notif: bytes
-    ) -> PendingTransfer:
-        return self._post_rows("WRITE", peer, rows, remote_mem, local_mem, notif)
-
     def _post(
         self,
         op: str,
@@ -572,10 +573,9 @@ class NixlPeerTransport(PeerTransport):
             raise TransferError(f"NIXL {op} to {peer} failed to post")
         return _NixlPending(self.runtime, handle, f"{op} to {peer}")
 
-    def prepare_layer_writes(
+    def _layer_writes(
         self, peer: str, rows: np.ndarray, remote_mem: str, local_mem: str
     ) -> LayerWrites:
-        self._check_local_rows(rows.reshape(-1, 3))
         return _NixlLayerWrites(self, peer, rows, remote_mem, local_mem)
 
     def _fetch_notifications(self) -> dict[str, list[bytes]]:

@@ -100,7 +100,7 @@ class ReloadingServerCertificate:
         """gRPC's certificate_configuration_fetcher: None keeps the current certificate."""
         with self._lock:
             signature = self._stat()
-            if signature == self._signature or not signature:
+            if signature == self._signature:
                 return None
             try:
                 config = self._load()

@@ -35,9 +35,5 @@ CONFIG_MOUNT_DIR = "/etc/dualpath"
 # Beside the config mount, not inside it: a mount point inside a read-only ConfigMap volume
 # cannot be created by every runtime.
 TLS_MOUNT_DIR = "/etc/dualpath-tls"
-# The keys of a kubernetes.io/tls Secret (ca.crt only when a CA signed the certificate).
-TLS_CERT_FILE = "tls.crt"
-TLS_KEY_FILE = "tls.key"
-TLS_CA_FILE = "ca.crt"
 
 DEFAULT_IMAGE = "docker.io/dualpath/dualpath:0.1.0"

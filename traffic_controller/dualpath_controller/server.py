@@ -51,6 +51,8 @@ MIN_WATCH_INTERVAL_S = 0.1
 # Operations in one SessionRequestBatch: more is a client bug (it would also hold the event
 # loop for long: ~30 us per operation), so the stream ends with INVALID_ARGUMENT.
 MAX_SESSION_BATCH = 1024
+# How long a refused Session stream waits for its first batch to answer it in band.
+REFUSED_SESSION_READ_S = 1.0
 NO_OPERATION = (
     "SessionRequest.operation must be set (schedule, complete or cancel); a newer client?"
 )
@@ -211,8 +213,12 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
                 " start the controller with more --max-sessions"
             )
             # Answer the first batch in band before ending: a client write that races the
-            # stream's end loses the status to grpc.aio's INTERNAL (grpc/grpc#36066).
-            batch = await context.read()
+            # stream's end loses the status to grpc.aio's INTERNAL (grpc/grpc#36066). A
+            # client that sends nothing soon is refused without it.
+            try:
+                batch = await asyncio.wait_for(context.read(), REFUSED_SESSION_READ_S)
+            except TimeoutError:
+                batch = grpc.aio.EOF  # type: ignore[attr-defined]
             if batch is not grpc.aio.EOF:  # type: ignore[attr-defined]
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
                 error = pb.OperationError(code=code, message=message)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from dualpath_common.tls import CA_FILE, CERT_FILE, KEY_FILE
+
 from dualpath_operator.api import EnvVar, ResourceRequirements
 from dualpath_operator.children.common import ClusterContext
 from dualpath_operator.constants import (
     ANNOTATION_CONFIG_HASH,
     CONFIG_MOUNT_DIR,
-    TLS_CA_FILE,
-    TLS_CERT_FILE,
-    TLS_KEY_FILE,
     TLS_MOUNT_DIR,
 )
 from dualpath_operator.kube import Obj
@@ -78,7 +77,7 @@ def tls_trust_volume(ctx: ClusterContext) -> tuple[Obj, Obj] | None:
     secret = ctx.spec.traffic_controller.tls_secret_name
     if not secret:
         return None
-    items = [{"key": name, "path": name} for name in (TLS_CERT_FILE, TLS_CA_FILE)]
+    items = [{"key": name, "path": name} for name in (CERT_FILE, CA_FILE)]
     volume = {
         "name": "controller-tls",
         "secret": {"secretName": secret, "items": items, "optional": True},
@@ -94,9 +93,9 @@ def controller_tls_args(ctx: ClusterContext, side: str) -> list[str]:
     if side == "server":
         return [
             "--tls-cert-file",
-            f"{TLS_MOUNT_DIR}/{TLS_CERT_FILE}",
+            f"{TLS_MOUNT_DIR}/{CERT_FILE}",
             "--tls-key-file",
-            f"{TLS_MOUNT_DIR}/{TLS_KEY_FILE}",
+            f"{TLS_MOUNT_DIR}/{KEY_FILE}",
         ]
     return ["--controller-tls-ca", TLS_MOUNT_DIR]
 
