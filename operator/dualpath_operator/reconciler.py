@@ -63,30 +63,43 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+SETTLE_RECHECK_S = 1.0
+
+
 class CapabilityCache:
     """Discovery (GET /apis) at most once per `ttl` seconds, or right after invalidate()
     (called when a CRD we care about appears or disappears)."""
 
-    def __init__(self, kube: KubeClient, ttl: float = 30.0) -> None:
+    def __init__(self, kube: KubeClient, ttl: float = 30.0, settle_s: float = 5.0) -> None:
         self._kube = kube
         self._ttl = ttl
+        self._settle_s = settle_s
         self._value: Capabilities | None = None
         self._at = 0.0
+        self._settle_until = 0.0
         self._lock = asyncio.Lock()
 
     def invalidate(self) -> None:
+        """Forget the answer, and keep asking on every get() for `settle_s`: discovery lists
+        a new CRD's resources a moment after the CRD's own event (seen: one CRD discovered,
+        its sibling installed right after not yet)."""
         self._value = None
+        self._settle_until = time.monotonic() + self._settle_s
+
+    def settling(self) -> bool:
+        return time.monotonic() < self._settle_until
 
     async def get(self) -> Capabilities:
         async with self._lock:
-            if self._value is None or time.monotonic() - self._at > self._ttl:
+            value = self._value
+            if value is None or time.monotonic() - self._at > self._ttl or self.settling():
                 groups = await self._kube.api_groups()
                 resources = {}
                 for gv in ("k8s.cni.cncf.io/v1", "monitoring.coreos.com/v1"):
                     resources[gv] = await self._kube.group_version_resources(gv)
-                self._value = capabilities_from_groups(groups, resources)
+                value = self._value = capabilities_from_groups(groups, resources)
                 self._at = time.monotonic()
-            return self._value
+            return value
 
 
 def event_body(cr: Obj, spec: EventSpec, identity: str, now: str) -> Obj:
@@ -197,7 +210,9 @@ class Reconciler:
             raise ReconcileError("; ".join(errors))
         self._applied_generation[key] = generation
         metrics.RECONCILES.labels("applied").inc()
-        return Outcome("applied", self.resync_seconds)
+        # Right after an add-on CRD changed, look again soon: discovery may still lag.
+        again = SETTLE_RECHECK_S if self.capabilities.settling() else self.resync_seconds
+        return Outcome("applied", again)
 
     # --- children ----------------------------------------------------------------------
     async def _apply_one(self, key: Key, rt: ResourceType, obj: Obj) -> tuple[str, Obj]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dualpath_operator.discovery import capabilities_from_groups
+from dualpath_operator.reconciler import CapabilityCache
 
 
 def groups(**versions: list[str]) -> dict:
@@ -48,3 +49,34 @@ def test_addon_crds_detected_by_group_and_resource():
         },
     )
     assert exact.network_attachments and exact.service_monitors
+
+
+class _CountingDiscovery:
+    """Answers discovery like an API server where nothing is installed, counting requests."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def api_groups(self) -> dict:
+        self.requests += 1
+        return {"groups": []}
+
+    async def group_version_resources(self, group_version: str) -> set[str]:
+        return set()
+
+
+async def test_capabilities_are_cached_but_rechecked_while_a_new_crd_settles():
+    discovery = _CountingDiscovery()
+    cache = CapabilityCache(discovery, ttl=300, settle_s=60)  # type: ignore[arg-type]
+    await cache.get()
+    await cache.get()
+    assert discovery.requests == 1 and not cache.settling()
+    cache.invalidate()  # an add-on CRD appeared: discovery may lag behind its event
+    await cache.get()
+    await cache.get()
+    assert discovery.requests == 3 and cache.settling()
+    quick = CapabilityCache(discovery, ttl=300, settle_s=0)  # type: ignore[arg-type]
+    quick.invalidate()
+    await quick.get()
+    await quick.get()
+    assert discovery.requests == 4
