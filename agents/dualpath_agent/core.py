@@ -217,10 +217,12 @@ class ReadSession:
         job: Any,
         cancelled: threading.Event,
         path_label: str,
+        bucket: TokenBucket,
     ) -> None:
         self.core, self.blocks, self.layout = core, blocks, layout
         self.stored, self.sizes, self.job = stored, sizes, job
         self.cancelled, self.path_label = cancelled, path_label
+        self.bucket = bucket
 
     def stage(self, indices: Sequence[int]) -> Staged:
         """Read whole block files into the host pool through the SNIC cap and verify every
@@ -237,7 +239,15 @@ class ReadSession:
         region = core.host_pool.allocate(total, core.config.allocation_timeout_s, self.cancelled)
         try:
             headers = core._read_and_verify(
-                region, stored, blocks, sizes, offsets, self.layout, self.job, self.cancelled
+                region,
+                stored,
+                blocks,
+                sizes,
+                offsets,
+                self.layout,
+                self.job,
+                self.cancelled,
+                self.bucket,
             )
         except BaseException:
             region.release()
@@ -413,25 +423,34 @@ class AgentCore:
         layout: BlockLayout,
         cancelled: threading.Event,
         path_label: str,
+        storage_nic: bool = True,
     ) -> Iterator[ReadSession]:
         """One request's turn on the node's storage: counted in the read queue from the
         moment it is asked for (waiting for the read slot, buffer space or bandwidth is
         queueing), its blocks pinned (never evicted while read), then the read slot held
-        (FIFO) while the caller stages some or all of the blocks."""
+        (FIFO) while the caller stages some or all of the blocks. With storage_nic=False
+        (a P/D hand-off, which a cluster moves over the compute network) the blocks are
+        read without a read-queue entry or the storage-NIC cap."""
         sizes = [layout.file_bytes(b.tokens) for b in blocks]
         started = time.monotonic()
-        with (
-            self.read_queue.job(sum(sizes), sum(b.tokens for b in blocks)) as job,
-            self.store.pinned([b.block_hash for b in blocks]) as stored,
-        ):
+        with contextlib.ExitStack() as stack:
+            job: Any = (
+                stack.enter_context(self.read_queue.job(sum(sizes), sum(b.tokens for b in blocks)))
+                if storage_nic
+                else _UNQUEUED
+            )
+            stored = stack.enter_context(self.store.pinned([b.block_hash for b in blocks]))
             for st, size, b in zip(stored, sizes, blocks, strict=True):
                 if st.file_bytes != size:
                     raise self._size_mismatch(b, layout, size)
-            with self.read_queue.turn(cancelled):
-                yield ReadSession(
-                    self, list(blocks), layout, stored, sizes, job, cancelled, path_label
-                )
-        self.metrics.storage_read_seconds.observe(time.monotonic() - started)
+            if storage_nic:
+                stack.enter_context(self.read_queue.turn(cancelled))
+            bucket = self.bucket if storage_nic else _UNCAPPED
+            yield ReadSession(
+                self, list(blocks), layout, stored, sizes, job, cancelled, path_label, bucket
+            )
+        if storage_nic:
+            self.metrics.storage_read_seconds.observe(time.monotonic() - started)
 
     @contextlib.contextmanager
     def stage(
@@ -440,10 +459,11 @@ class AgentCore:
         layout: BlockLayout,
         cancelled: threading.Event,
         path_label: str,
+        storage_nic: bool = True,
     ) -> Iterator[Staged]:
         """Read and verify all the blocks (see ReadSession.stage); the region is released on
         exit unless the caller sets `staged.kept`."""
-        with self.read_session(blocks, layout, cancelled, path_label) as session:
+        with self.read_session(blocks, layout, cancelled, path_label, storage_nic) as session:
             staged = session.stage(range(len(blocks)))
         try:
             yield staged
@@ -461,6 +481,7 @@ class AgentCore:
         layout: BlockLayout,
         job: Any,
         cancelled: threading.Event,
+        bucket: TokenBucket,
     ) -> list[BlockHeader]:
         items = list(range(len(blocks)))
         headers: list[BlockHeader] = []
@@ -479,7 +500,7 @@ class AgentCore:
         try:
             for indices in _chunks(items, sizes, self.config.storage_chunk_bytes):
                 nbytes = sum(sizes[i] for i in indices)
-                link_start, link_done = self.bucket.slot(nbytes)
+                link_start, link_done = bucket.slot(nbytes)
                 wait_until(link_start, cancelled)
                 reads = [
                     FileRead(stored[i].path, sizes[i], region.address + offsets[i]) for i in indices
@@ -614,6 +635,20 @@ class AgentCore:
         address = region_address + region_layout.offset(layer, blocks[0].first_token)
         nbytes = sum(b.tokens for b in blocks) * bpt
         return crc32c(self.device_bytes(address, nbytes)) == expected
+
+
+class _Unqueued:
+    """The read-queue job of a read that is not a storage-NIC read (a hand-off)."""
+
+    def begin(self, nbytes: int) -> None:
+        return None
+
+    def end(self, nbytes: int) -> None:
+        return None
+
+
+_UNQUEUED = _Unqueued()
+_UNCAPPED = TokenBucket(0)
 
 
 def ctypes_buffer_address(buf: bytearray) -> int:

@@ -31,6 +31,13 @@ from dualpath_agent.core import (
     Staged,
     copy_staged_layer_to_region,
 )
+from dualpath_agent.engine_load import EngineLoad
+from dualpath_agent.engine_target import (
+    REMOTE_PART,
+    EngineTarget,
+    layer_tag,
+    parse_engine_target,
+)
 from dualpath_agent.layout import BlockLayout, RegionLayout
 from dualpath_agent.store import (
     BlockCorrupt,
@@ -228,63 +235,84 @@ class _GroupPoster:
         request: agent_pb2.ServeLayersRequest,
         layout: BlockLayout,
         cancel: threading.Event,
+        engine: EngineTarget | None = None,
+        groups: int = 1,
     ) -> None:
         self.core, self.peer, self.request, self.layout = core, peer, request, layout
         self.cancel = cancel
+        # Writing into an engine's KV cache: its own descriptors and notification tags.
+        self.engine, self.groups = engine, groups
         self.pending: list[Any] = []
         self.prepared: list[LayerWrites] = []  # released once their writes have completed
         self._completed = 0  # pending[:_completed] are known to have completed
         self.sent = 0
         self.error: BaseException | None = None
-        self._queue: Queue[tuple[int, Staged] | None] = Queue()
+        self._queue: Queue[tuple[int, Staged, int] | None] = Queue()
         self._thread = threading.Thread(target=self._run, daemon=True, name="serve-post")
         self._thread.start()
 
-    def submit(self, group: int, staged: Staged) -> None:
+    def submit(self, group: int, staged: Staged, first_block: int) -> None:
         if self.error is not None:
             raise self.error
-        self._queue.put((group, staged))
+        self._queue.put((group, staged, first_block))
+
+    def _rows_and_tags(self, group: int, staged: Staged, first_block: int) -> tuple[Any, Any]:
+        """Write descriptors (layers, blocks, 3) of a staged group and its layers' tags."""
+        r = self.request
+        if self.engine is not None:
+            target = self.engine.subset(first_block, first_block + len(staged.blocks))
+            rows = target.write_rows(
+                [staged.layer_address(i, 0) for i in range(len(staged.blocks))],
+                [h.layer_stride for h in staged.headers],
+            )
+            tags = [
+                layer_tag(r.transfer_id, layer, REMOTE_PART, group, self.groups)
+                for layer in range(self.layout.layers)
+            ]
+            return rows, tags
+        return self._region_rows(staged), [
+            f"{r.transfer_id}:{layer}:{group}".encode() for layer in range(self.layout.layers)
+        ]
 
     def _run(self) -> None:
-        bpt = self.layout.bytes_per_token_layer
-        r = self.request
         while (item := self._queue.get()) is not None:
-            group, staged = item
+            group, staged, first_block = item
             if self.error is not None or self.cancel.is_set():
                 continue
             try:
-                # Descriptors of layer i = layer 0's + i x stride on each side: every layer's
-                # built with numpy and prepared once per group, so posting a layer costs no
-                # Python object per block (this thread's posting time is on the transfer's
-                # critical path).
-                layer0 = np.array(
-                    [staged.layer_address(i, 0) for i in range(len(staged.blocks))],
-                    dtype=np.uint64,
-                )
-                local_stride = np.array([h.layer_stride for h in staged.headers], dtype=np.uint64)
-                remote0 = np.array(
-                    [r.target_address + b.first_token * bpt for b in staged.blocks],
-                    dtype=np.uint64,
-                )
-                sizes = np.array([b.tokens * bpt for b in staged.blocks], dtype=np.uint64)
-                layer_bytes = int(sizes.sum())
-                layers = np.arange(self.layout.layers, dtype=np.uint64)[:, None]
-                rows = np.empty((self.layout.layers, len(sizes), 3), dtype=np.uint64)
-                rows[:, :, 0] = layer0 + layers * local_stride
-                rows[:, :, 1] = remote0 + layers * np.uint64(r.target_layer_stride)
-                rows[:, :, 2] = sizes
-                writes = self.core.peer.prepare_layer_writes(
-                    self.peer, rows, r.target_mem_type, "DRAM"
-                )
+                rows, tags = self._rows_and_tags(group, staged, first_block)
+                remote_mem = self.engine.mem_type if self.engine else self.request.target_mem_type
+                writes = self.core.peer.prepare_layer_writes(self.peer, rows, remote_mem, "DRAM")
                 self.prepared.append(writes)
+                layer_bytes = int(rows[0, :, 2].sum())
                 for layer in range(self.layout.layers):
-                    tag = f"{r.transfer_id}:{layer}:{group}".encode()
-                    self.pending.append(writes.post(layer, tag))
+                    self.pending.append(writes.post(layer, tags[layer]))
                     self.sent += layer_bytes
                     self._progress_pending()
             except BaseException as exc:
                 self.error = exc
                 self.cancel.set()
+
+    def _region_rows(self, staged: Staged) -> Any:
+        """Descriptors into a peer agent's layer-major region: layer i = layer 0's + i x
+        stride on each side, built with numpy and prepared once per group, so posting a
+        layer costs no Python object per block (posting time is on the critical path)."""
+        bpt = self.layout.bytes_per_token_layer
+        r = self.request
+        layer0 = np.array(
+            [staged.layer_address(i, 0) for i in range(len(staged.blocks))], dtype=np.uint64
+        )
+        local_stride = np.array([h.layer_stride for h in staged.headers], dtype=np.uint64)
+        remote0 = np.array(
+            [r.target_address + b.first_token * bpt for b in staged.blocks], dtype=np.uint64
+        )
+        sizes = np.array([b.tokens * bpt for b in staged.blocks], dtype=np.uint64)
+        layers = np.arange(self.layout.layers, dtype=np.uint64)[:, None]
+        rows = np.empty((self.layout.layers, len(sizes), 3), dtype=np.uint64)
+        rows[:, :, 0] = layer0 + layers * local_stride
+        rows[:, :, 1] = remote0 + layers * np.uint64(r.target_layer_stride)
+        rows[:, :, 2] = sizes
+        return rows
 
     def _progress_pending(self) -> None:
         # Complete earlier layers' writes while posting the next ones, so their
@@ -439,7 +467,14 @@ class AgentService(agent_pb2_grpc.AgentServicer):
 
     # ----- Load (prefill side) --------------------------------------------------------------
     def Load(self, request: agent_pb2.LoadRequest, context: grpc.ServicerContext) -> Any:
+        if request.HasField("engine_target"):
+            return self._stream("load", context, self._load_into_engine(request, context))
         return self._stream("load", context, self._load(request, context))
+
+    def _load_into_engine(
+        self, request: agent_pb2.LoadRequest, context: grpc.ServicerContext
+    ) -> Iterator[agent_pb2.LoadProgress]:
+        yield from EngineLoad(self, request).run(context)
 
     def _load(
         self, request: agent_pb2.LoadRequest, context: grpc.ServicerContext
@@ -448,6 +483,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         started = time.monotonic()
         require(request.request_id, "request_id")
         layout = parse_layout(request.layout)
+        if request.handoff:
+            raise ValueError("handoff applies to loads into an engine (engine_target)")
         # No blocks = nothing cached (a cold prompt): the Load only reserves the region for
         # the missed tokens, so that a Commit can send them to the decode side.
         if not request.blocks and not request.missed_tokens:
@@ -739,23 +776,32 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         started = time.monotonic()
         require(request.request_id, "request_id")
         require(request.transfer_id, "transfer_id")
-        require(request.target_metadata, "target_metadata")
         layout = parse_layout(request.layout)
-        blocks = plan_blocks(request.blocks, layout)
-        if request.target_mem_type not in ("DRAM", "VRAM"):
-            raise ValueError(
-                f"target_mem_type must be DRAM or VRAM, got {request.target_mem_type!r}"
-            )
-        span = sum(b.tokens for b in blocks) * layout.bytes_per_token_layer
-        if request.target_layer_stride < span:
-            raise ValueError(f"target_layer_stride {request.target_layer_stride} < {span} bytes")
+        engine: EngineTarget | None = None
+        if request.HasField("engine_target"):
+            blocks = plan_blocks(request.blocks, layout, full_only=True)
+            engine = parse_engine_target(request.engine_target, layout, len(blocks))
+            metadata = engine.agent_metadata
+        else:
+            require(request.target_metadata, "target_metadata")
+            blocks = plan_blocks(request.blocks, layout)
+            if request.target_mem_type not in ("DRAM", "VRAM"):
+                raise ValueError(
+                    f"target_mem_type must be DRAM or VRAM, got {request.target_mem_type!r}"
+                )
+            span = sum(b.tokens for b in blocks) * layout.bytes_per_token_layer
+            if request.target_layer_stride < span:
+                raise ValueError(
+                    f"target_layer_stride {request.target_layer_stride} < {span} bytes"
+                )
+            metadata = request.target_metadata
         groups = _groups(
             [layout.file_bytes(b.tokens) for b in blocks], core.config.stream_group_bytes
         )
         with core.activity() as cancel:
             context.add_callback(cancel.set)
-            peer = self._add_peer(request.target_metadata)
-            poster = _GroupPoster(core, peer, request, layout, cancel)
+            peer = self._add_peer(metadata)
+            poster = _GroupPoster(core, peer, request, layout, cancel, engine, len(groups))
             staged_groups: list[Staged] = []
             kept = False
             try:
@@ -782,7 +828,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                             ],
                         )
                         # Written by the poster thread while this one reads the next group.
-                        poster.submit(g, staged)
+                        poster.submit(g, staged, indices[0])
                 sent = poster.finish(core.config.transfer_timeout_s)
                 self.metrics.bytes.labels("de_read", "peer", "out").inc(sent)
                 if request.keep_for_merge:

@@ -166,8 +166,30 @@ class LookupResponse(_message.Message):
     present: _containers.RepeatedScalarFieldContainer[bool]
     def __init__(self, prefix_blocks: _Optional[int] = ..., present: _Optional[_Iterable[bool]] = ...) -> None: ...
 
+class EngineKvTarget(_message.Message):
+    __slots__ = ("agent_name", "agent_metadata", "mem_type", "plane_addresses", "planes", "plane_block_bytes", "block_stride", "block_ids", "transfer_id")
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    AGENT_METADATA_FIELD_NUMBER: _ClassVar[int]
+    MEM_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PLANE_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    PLANES_FIELD_NUMBER: _ClassVar[int]
+    PLANE_BLOCK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_STRIDE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_name: str
+    agent_metadata: bytes
+    mem_type: str
+    plane_addresses: _containers.RepeatedScalarFieldContainer[int]
+    planes: int
+    plane_block_bytes: int
+    block_stride: int
+    block_ids: _containers.RepeatedScalarFieldContainer[int]
+    transfer_id: str
+    def __init__(self, agent_name: _Optional[str] = ..., agent_metadata: _Optional[bytes] = ..., mem_type: _Optional[str] = ..., plane_addresses: _Optional[_Iterable[int]] = ..., planes: _Optional[int] = ..., plane_block_bytes: _Optional[int] = ..., block_stride: _Optional[int] = ..., block_ids: _Optional[_Iterable[int]] = ..., transfer_id: _Optional[str] = ...) -> None: ...
+
 class LoadRequest(_message.Message):
-    __slots__ = ("request_id", "blocks", "layout", "read_path", "de_read_fraction", "decode_agent_endpoint", "release_after_load", "missed_tokens", "keep_for_merge")
+    __slots__ = ("request_id", "blocks", "layout", "read_path", "de_read_fraction", "decode_agent_endpoint", "release_after_load", "missed_tokens", "keep_for_merge", "engine_target", "handoff")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +199,8 @@ class LoadRequest(_message.Message):
     RELEASE_AFTER_LOAD_FIELD_NUMBER: _ClassVar[int]
     MISSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KEEP_FOR_MERGE_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_TARGET_FIELD_NUMBER: _ClassVar[int]
+    HANDOFF_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     blocks: _containers.RepeatedCompositeFieldContainer[BlockRef]
     layout: BlockLayout
@@ -186,7 +210,9 @@ class LoadRequest(_message.Message):
     release_after_load: bool
     missed_tokens: int
     keep_for_merge: bool
-    def __init__(self, request_id: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., layout: _Optional[_Union[BlockLayout, _Mapping]] = ..., read_path: _Optional[_Union[_traffic_controller_pb2.ReadPath, str]] = ..., de_read_fraction: _Optional[float] = ..., decode_agent_endpoint: _Optional[str] = ..., release_after_load: _Optional[bool] = ..., missed_tokens: _Optional[int] = ..., keep_for_merge: _Optional[bool] = ...) -> None: ...
+    engine_target: EngineKvTarget
+    handoff: bool
+    def __init__(self, request_id: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., layout: _Optional[_Union[BlockLayout, _Mapping]] = ..., read_path: _Optional[_Union[_traffic_controller_pb2.ReadPath, str]] = ..., de_read_fraction: _Optional[float] = ..., decode_agent_endpoint: _Optional[str] = ..., release_after_load: _Optional[bool] = ..., missed_tokens: _Optional[int] = ..., keep_for_merge: _Optional[bool] = ..., engine_target: _Optional[_Union[EngineKvTarget, _Mapping]] = ..., handoff: _Optional[bool] = ...) -> None: ...
 
 class LoadProgress(_message.Message):
     __slots__ = ("request_id", "layer", "bytes_loaded", "bytes_total", "done", "bytes_from_local_storage", "bytes_from_peer", "blocks_verified", "region_address", "region_length", "region_layer_stride", "layers_ready", "elapsed_s", "blocks_local", "blocks_remote", "read_path", "local_storage_read_s", "remote_storage_read_s", "peer_stream_s")
@@ -231,7 +257,7 @@ class LoadProgress(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., layer: _Optional[int] = ..., bytes_loaded: _Optional[int] = ..., bytes_total: _Optional[int] = ..., done: _Optional[bool] = ..., bytes_from_local_storage: _Optional[int] = ..., bytes_from_peer: _Optional[int] = ..., blocks_verified: _Optional[int] = ..., region_address: _Optional[int] = ..., region_length: _Optional[int] = ..., region_layer_stride: _Optional[int] = ..., layers_ready: _Optional[int] = ..., elapsed_s: _Optional[float] = ..., blocks_local: _Optional[int] = ..., blocks_remote: _Optional[int] = ..., read_path: _Optional[_Union[_traffic_controller_pb2.ReadPath, str]] = ..., local_storage_read_s: _Optional[float] = ..., remote_storage_read_s: _Optional[float] = ..., peer_stream_s: _Optional[float] = ...) -> None: ...
 
 class ServeLayersRequest(_message.Message):
-    __slots__ = ("request_id", "blocks", "layout", "target_agent", "target_metadata", "target_mem_type", "target_address", "target_layer_stride", "transfer_id", "keep_for_merge")
+    __slots__ = ("request_id", "blocks", "layout", "target_agent", "target_metadata", "target_mem_type", "target_address", "target_layer_stride", "transfer_id", "keep_for_merge", "engine_target")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +268,7 @@ class ServeLayersRequest(_message.Message):
     TARGET_LAYER_STRIDE_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     KEEP_FOR_MERGE_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_TARGET_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     blocks: _containers.RepeatedCompositeFieldContainer[BlockRef]
     layout: BlockLayout
@@ -252,7 +279,8 @@ class ServeLayersRequest(_message.Message):
     target_layer_stride: int
     transfer_id: str
     keep_for_merge: bool
-    def __init__(self, request_id: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., layout: _Optional[_Union[BlockLayout, _Mapping]] = ..., target_agent: _Optional[str] = ..., target_metadata: _Optional[bytes] = ..., target_mem_type: _Optional[str] = ..., target_address: _Optional[int] = ..., target_layer_stride: _Optional[int] = ..., transfer_id: _Optional[str] = ..., keep_for_merge: _Optional[bool] = ...) -> None: ...
+    engine_target: EngineKvTarget
+    def __init__(self, request_id: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., layout: _Optional[_Union[BlockLayout, _Mapping]] = ..., target_agent: _Optional[str] = ..., target_metadata: _Optional[bytes] = ..., target_mem_type: _Optional[str] = ..., target_address: _Optional[int] = ..., target_layer_stride: _Optional[int] = ..., transfer_id: _Optional[str] = ..., keep_for_merge: _Optional[bool] = ..., engine_target: _Optional[_Union[EngineKvTarget, _Mapping]] = ...) -> None: ...
 
 class ServeLayersProgress(_message.Message):
     __slots__ = ("request_id", "bytes_sent", "done", "staged", "checksums", "storage_bytes", "storage_read_s", "agent_name", "group", "groups", "first_block")

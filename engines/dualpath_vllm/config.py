@@ -1,0 +1,53 @@
+"""The connector's settings: `kv_connector_extra_config` of vLLM's --kv-transfer-config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    # gRPC endpoint of this node's agent (host:port).
+    agent_endpoint: str
+    # Folded into the root of every block hash chain: two models never share a block.
+    hash_namespace: str = ""
+    # This engine's id in logs (and its NIXL agent's name).
+    engine_id: str = "engine"
+    # A layer not landed by then fails the load: its blocks are recomputed.
+    load_timeout_s: float = 30.0
+    # Deadline of one agent RPC (Lookup, PutBlocks).
+    rpc_timeout_s: float = 10.0
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any] | None, default_namespace: str) -> ConnectorConfig:
+        extra = dict(extra or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(extra) - known
+        if unknown:
+            raise ValueError(f"kv_connector_extra_config has unknown keys {sorted(unknown)}")
+        if not extra.get("agent_endpoint"):
+            raise ValueError("kv_connector_extra_config.agent_endpoint is required (host:port)")
+        extra.setdefault("hash_namespace", default_namespace)
+        for key in ("load_timeout_s", "rpc_timeout_s"):
+            if key in extra:
+                extra[key] = float(extra[key])
+                if extra[key] <= 0:
+                    raise ValueError(f"kv_connector_extra_config.{key} must be > 0")
+        return cls(**extra)
+
+
+def kv_transfer_config(agent_endpoint: str, engine_id: str, **extra: Any) -> dict[str, Any]:
+    """vLLM's --kv-transfer-config for an engine whose node agent is at agent_endpoint."""
+    return {
+        "kv_connector": "DualPathConnector",
+        "kv_connector_module_path": "dualpath_vllm.connector",
+        "kv_role": "kv_both",
+        # A failed load is recomputed, never a failed request (the connector insists).
+        "kv_load_failure_policy": "recompute",
+        "kv_connector_extra_config": {
+            "agent_endpoint": agent_endpoint,
+            "engine_id": engine_id,
+            **extra,
+        },
+    }
