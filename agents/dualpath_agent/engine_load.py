@@ -64,6 +64,7 @@ class EngineLoad:
         self.errors: list[BaseException] = []
         self.bytes = {"local": 0, "remote": 0}
         self.remote_storage_read_s = 0.0
+        self.local_storage_read_s = 0.0
 
     def run(self, context: grpc.ServicerContext) -> Iterator[agent_pb2.LoadProgress]:
         started = time.monotonic()
@@ -113,6 +114,7 @@ class EngineLoad:
             blocks_remote=self.n_remote,
             read_path=self.request.read_path,
             remote_storage_read_s=self.remote_storage_read_s,
+            local_storage_read_s=self.local_storage_read_s,
         )
 
     def _guard(self, part: Any, *args: Any) -> None:
@@ -129,7 +131,9 @@ class EngineLoad:
         target = self.target.subset(self.n_remote, len(self.blocks))
         storage_nic = not self.request.handoff
         local = self.blocks[self.n_remote :]
+        started = time.monotonic()
         with core.stage(local, layout, cancel, self.label, storage_nic) as staged:
+            self.local_storage_read_s = time.monotonic() - started
             rows = target.write_rows(
                 [staged.layer_address(i, 0) for i in range(len(local))],
                 [h.layer_stride for h in staged.headers],

@@ -8,9 +8,15 @@ import argparse
 from pathlib import Path
 
 DEFAULTS_NOTE = (
-    "Defaults: 1 prefill + 2 decode nodes, a 0.48 Gbit/s (60 MB/s) storage-NIC read cap per "
-    "node, 24 agents x 5 turns of the paper's 32K trace scaled to 1/4, model tiny-test."
+    "Defaults (--engines vllm): 1 prefill + 2 decode nodes, each with an agent and a real vLLM "
+    "engine (CPU) loading its KV cache through the DualPath connector, behind `dualpath "
+    "router`; a 0.016 Gbit/s (2 MB/s) storage-NIC read cap per node; 16 agents x 3 turns of "
+    "the paper's 32K trace scaled to 1/16; every turn checked token for token against a "
+    "reference engine. --engines stand-in: engine stand-ins with modelled compute, 0.48 "
+    "Gbit/s caps, 24 agents x 5 turns scaled to 1/4, model tiny-test."
 )
+# Per engine kind: (snic_read_gbps, agents, turns, context_scale)
+MODE_DEFAULTS = {"vllm": (0.016, 16, 3, 1 / 16), "stand-in": (0.48, 24, 5, 0.25)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,15 +24,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dualpath_local.runner import DEFAULT_POLICIES
 
     parser.description = DEFAULTS_NOTE
+    parser.add_argument(
+        "--engines",
+        choices=sorted(MODE_DEFAULTS),
+        default="vllm",
+        help="real vLLM engines (default) or the stand-ins with modelled compute",
+    )
     g = parser.add_argument_group("cluster")
     g.add_argument("--prefill-nodes", type=int, default=1)
     g.add_argument("--decode-nodes", type=int, default=2)
     g.add_argument(
         "--snic-read-gbps",
         type=float,
-        default=0.48,
-        help="storage-NIC read cap per node, Gbit/s (8 = 1 GB/s); default 0.48 = 60 MB/s, "
-        "low enough that this machine's disk and CPUs are never the bottleneck",
+        default=None,
+        help="storage-NIC read cap per node, Gbit/s (8 = 1 GB/s); default 0.016 (vllm) or 0.48 "
+        "(stand-in): low enough that the storage NIC, not this machine's CPUs, is the bottleneck",
     )
     g.add_argument("--transport", choices=["auto", "nixl", "fallback"], default="auto")
     g.add_argument("--workdir", type=Path, help="stores and logs here (default: a temp dir)")
@@ -39,11 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     w.add_argument(
         "--context-scale",
         type=float,
-        default=0.25,
-        help="multiply the trace's token counts by this (default 0.25)",
+        default=None,
+        help="multiply the trace's token counts by this (default 1/16 vllm, 0.25 stand-in)",
     )
-    w.add_argument("--agents", type=int, default=24, help="agent trajectories played at once")
-    w.add_argument("--turns", type=int, default=5, help="turns played per trajectory")
+    w.add_argument("--agents", type=int, default=None, help="agent trajectories played at once")
+    w.add_argument("--turns", type=int, default=None, help="turns played per trajectory")
     w.add_argument("--block-tokens", type=int, default=64)
     w.add_argument("--seed", type=int, default=7)
     w.add_argument(
@@ -67,6 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o = parser.add_argument_group("output")
     o.add_argument("--json", type=Path, default=Path("out/demo/demo.json"), metavar="FILE")
     o.add_argument("--chart", type=Path, default=Path("out/demo/demo.png"), metavar="FILE")
+
+
+def apply_mode_defaults(args: argparse.Namespace) -> None:
+    gbps, agents, turns, scale = MODE_DEFAULTS[args.engines]
+    for name, value in (
+        ("snic_read_gbps", gbps),
+        ("agents", agents),
+        ("turns", turns),
+        ("context_scale", scale),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -104,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
     from dualpath_local.runner import DemoFailed, run_demo
     from rich.console import Console
 
+    apply_mode_defaults(args)
+    if args.engines == "vllm":
+        return run_vllm(args)
     console = Console()
     try:
         config = config_from_args(args)
@@ -125,4 +152,45 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0 if result.ok else 1
+
+
+def run_vllm(args: argparse.Namespace) -> int:
+    import sys
+    import tempfile
+
+    from dualpath_local.runner import stop_signals_as_interrupt
+    from dualpath_local.vllm_demo import VllmDemoConfig, run_vllm_demo
+    from dualpath_vllm.model import default_model_dir, ensure_model_subprocess
+    from dualpath_vllm.process import EnginesVenvMissing
+
+    if args.prefill_nodes != 1:
+        print("dualpath demo: --engines vllm runs one prefill node", file=sys.stderr)
+        return 2
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dualpath-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with stop_signals_as_interrupt():
+            print(f"dualpath demo: real vLLM engines; stores and logs in {workdir}", flush=True)
+            model = ensure_model_subprocess(default_model_dir())
+            config = VllmDemoConfig(
+                workdir=workdir,
+                model_dir=model,
+                policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
+                trajectories=args.agents,
+                turns=args.turns,
+                context_scale=args.context_scale,
+                snic_read_bytes_per_s=args.snic_read_gbps * 1e9 / 8,
+                decode_nodes=args.decode_nodes,
+                seed=args.seed,
+                json_path=args.json,
+            )
+            result = run_vllm_demo(config, log=lambda line: print(line, flush=True))
+    except EnginesVenvMissing as exc:
+        print(f"dualpath demo: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the stack was stopped", flush=True)
+        return 130
+    print(f"numbers: {args.json}", flush=True)
     return 0 if result.ok else 1

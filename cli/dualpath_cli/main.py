@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("dualpath_agent.cli", "run a per-node KV agent"),
     "operator": ("dualpath_operator.cli", "run the DualPathCluster kopf operator"),
     "sim": ("dualpath_sim.cli", "simulate a cluster with the real scheduling policies"),
+    "router": (
+        "dualpath_router.cli",
+        "OpenAI-compatible front door of prefill/decode vLLM engines",
+    ),
 }
 
 

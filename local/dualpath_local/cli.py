@@ -19,6 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--agents", type=int, default=24, help="trajectories whose KV is stored")
     up.add_argument("--transport", choices=["auto", "nixl", "fallback"], default="auto")
     up.add_argument("--workdir", type=Path, help="stores and logs here (default: a temp dir)")
+    up.add_argument(
+        "--engines",
+        choices=["stand-in", "vllm"],
+        default="stand-in",
+        help="vllm: real vLLM engines behind `dualpath router`, for your own OpenAI client",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     from dualpath_local.runner import DemoConfig, DemoFailed, run_demo
     from dualpath_local.workload import WorkloadConfig
+
+    if args.engines == "vllm":
+        return run_vllm_up(args)
 
     config = DemoConfig(
         workload=WorkloadConfig(trajectories=args.agents, model=args.model),
@@ -63,3 +72,43 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def run_vllm_up(args: argparse.Namespace) -> int:
+    """The real-engine stack, kept up: point any OpenAI client at the router it prints."""
+    import json
+    import tempfile
+    import time
+
+    from dualpath_vllm.model import default_model_dir, ensure_model_subprocess
+
+    from dualpath_local.runner import stop_signals_as_interrupt
+    from dualpath_local.vllm_stack import VllmStack, VllmStackConfig
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dualpath-local-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    gbps = args.snic_read_gbps
+    stack = VllmStack(
+        VllmStackConfig(
+            workdir=workdir,
+            model_dir=ensure_model_subprocess(default_model_dir()),
+            prefill_nodes=args.prefill_nodes,
+            decode_nodes=args.decode_nodes,
+            snic_read_bytes_per_s=gbps * 1e9 / 8,
+            reference=False,
+        )
+    )
+    try:
+        with stop_signals_as_interrupt():
+            stack.start(args.policy)
+            assert stack.router is not None
+            print(f"router (OpenAI API): {stack.router.url}/v1", flush=True)
+            print(json.dumps(json.loads((workdir / "stack.json").read_text()), indent=2))
+            print("Ctrl-C stops every process.", flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        print("interrupted: the stack was stopped", flush=True)
+        return 0
+    finally:
+        stack.close()

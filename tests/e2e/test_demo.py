@@ -67,6 +67,8 @@ class DemoRun:
             "-m",
             "dualpath_cli.main",
             "demo",
+            "--engines",
+            "stand-in",
             "--workdir",
             str(self.workdir),
             "--json",

@@ -3,19 +3,16 @@ connector configuration that points an engine at its node's agent."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from dualpath_vllm.config import kv_transfer_config
-from dualpath_vllm.model import RECIPE_VERSION, ensure_model_subprocess
-
-MODEL_CACHE = Path(os.environ.get("DUALPATH_CACHE", Path.home() / ".cache" / "dualpath"))
+from dualpath_vllm.model import default_model_dir, ensure_model_subprocess
 
 
 def tiny_model() -> Path:
     """The tiny random-weight Llama (see dualpath_vllm.model), built by the engines' venv."""
-    return ensure_model_subprocess(MODEL_CACHE / "models" / f"tiny-llama-r{RECIPE_VERSION}")
+    return ensure_model_subprocess(default_model_dir())
 
 
 def connector_config(agent_endpoint: str, engine_id: str, **extra: Any) -> dict[str, Any]:

@@ -1,0 +1,172 @@
+"""The router's configuration: the engines it fronts and its limits, validated at startup.
+
+An engine is given on the command line as `--engine id=prefill-0,role=prefill,
+url=http://127.0.0.1:8001,node=node-0,agent=127.0.0.1:7001[,hbm_tokens=N][,group=G]` or in
+a YAML/JSON file (`--engines-file`) holding a list of mappings with the same keys. Every
+error names the engine and the field, so a bad deployment fails at start, not per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the flag, engine and field."""
+
+
+def _host_port(value: str, field: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{field} must be host:port, got {value!r}")
+    return value
+
+
+class EngineSpec(BaseModel):
+    """One vLLM engine (one GPU) behind the router."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, description="engine id at the traffic controller")
+    role: Literal["prefill", "decode"]
+    url: str = Field(description="base URL of the engine's OpenAI server, http://host:port")
+    node: str = Field(min_length=1, description="node (host) the engine runs on")
+    agent: str = Field(description="host:port of the DualPath agent of the engine's node")
+    hbm_tokens: int | None = Field(
+        default=None, gt=0, description="KV capacity in tokens (default: read from vLLM)"
+    )
+    group: str = Field(default="", description="decode group (empty: the node)")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest.strip("/"):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("agent")
+    @classmethod
+    def _agent(cls, value: str) -> str:
+        return _host_port(value, "agent")
+
+
+class RouterConfig(BaseModel):
+    """Everything `dualpath router` needs; built from the command line by `cli`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8000, ge=0, le=65535)
+    controller: str
+    controller_tls_ca: Path | None = None
+    engines: tuple[EngineSpec, ...]
+    block_tokens: int = Field(default=64, gt=0)
+    hash_namespace: str = Field(min_length=1)
+    # KV bytes per token of the model, all layers. The default is the tiny test model's:
+    # 4 layers x 2 (K, V) x 2 KV heads x 32 head dims x 2 bytes (bf16).
+    kv_bytes_per_token: int = Field(default=1024, ge=0)
+    max_prompt_tokens: int = Field(default=131_072, gt=0)
+    max_body_bytes: int = Field(default=16 << 20, gt=0)
+    # How long Schedule may wait for capacity (RESOURCE_EXHAUSTED / UNAVAILABLE retried).
+    schedule_wait_s: float = Field(default=1.0, ge=0)
+    controller_timeout_s: float = Field(default=5.0, gt=0)
+    engine_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Longest gap between two bytes of an engine's answer (a long generation streams).
+    engine_read_timeout_s: float = Field(default=600.0, gt=0)
+    agent_timeout_s: float = Field(default=2.0, gt=0)
+    # Interval of engine polling before the controller tells its report interval.
+    poll_interval_s: float = Field(default=0.5, gt=0)
+
+    @field_validator("controller")
+    @classmethod
+    def _controller(cls, value: str) -> str:
+        return _host_port(value, "controller")
+
+    @model_validator(mode="after")
+    def _engines(self) -> RouterConfig:
+        ids = [e.id for e in self.engines]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"engines: duplicate engine id(s) {duplicates}")
+        for role in ("prefill", "decode"):
+            if not any(e.role == role for e in self.engines):
+                raise ValueError(f"engines: at least one {role} engine is needed")
+        return self
+
+    @property
+    def prefill_engines(self) -> list[EngineSpec]:
+        return [e for e in self.engines if e.role == "prefill"]
+
+
+def describe_errors(error: ValidationError, prefix: str = "") -> str:
+    """One line per pydantic error, each naming its field (`engines[1].url: ...`)."""
+    lines = []
+    for item in error.errors():
+        where = prefix
+        for part in item["loc"]:
+            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else part)
+        message = str(item["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if where else message)
+    return "; ".join(lines)
+
+
+def parse_engine_arg(text: str) -> dict[str, str]:
+    """`k=v,k=v` into a mapping (validated later with EngineSpec)."""
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--engine {text!r}: expected key=value pairs, got {part!r}")
+        if key in fields:
+            raise ConfigError(f"--engine {text!r}: field {key!r} given twice")
+        fields[key] = value.strip()
+    return fields
+
+
+def load_engines_file(path: Path) -> list[dict[str, Any]]:
+    """A YAML or JSON file: a list of engine mappings (or a mapping with `engines:`)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--engines-file {path}: {exc}") from exc
+    if isinstance(data, dict) and set(data) == {"engines"}:
+        data = data["engines"]
+    if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
+        raise ConfigError(f"--engines-file {path}: expected a list of engine mappings")
+    return data
+
+
+def build_config(
+    *,
+    engine_args: Sequence[str],
+    engines_file: Path | None,
+    **settings: Any,
+) -> RouterConfig:
+    """Validate everything; raises ConfigError naming the bad flag, engine and field."""
+    sources: list[tuple[str, dict[str, Any]]] = [
+        (f"--engine {a!r}", parse_engine_arg(a)) for a in engine_args
+    ]
+    if engines_file is not None:
+        sources += [
+            (f"--engines-file {engines_file} [{i}]", e)
+            for i, e in enumerate(load_engines_file(engines_file))
+        ]
+    if not sources:
+        raise ConfigError("no engines: give --engine (repeatable) or --engines-file")
+    engines = []
+    for where, raw in sources:
+        try:
+            engines.append(EngineSpec.model_validate(raw))
+        except ValidationError as exc:
+            raise ConfigError(f"{where}: {describe_errors(exc)}") from None
+    try:
+        return RouterConfig(engines=tuple(engines), **settings)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None

@@ -1,0 +1,86 @@
+"""How many of a prompt's leading tokens are in the KV store (the cached prefix).
+
+The prompt's full blocks are hashed as a chain rooted at the model's namespace (the same
+addressing the agents store blocks under) and one agent is asked for the longest present
+prefix. The store is shared (every node sees every block), so any agent can answer; the
+prefill engines' agents are asked in turn. An unreachable agent is logged and the prompt
+counted as not cached: the request is still served, only scheduled as a cold one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+
+import grpc
+from dualpath_agent.blockhash import block_chain, root_hash
+from dualpath_agent.client import AgentClient
+
+log = logging.getLogger("dualpath.router.prefix")
+MAX_TRIES = 2
+WARN_EVERY_S = 10.0
+
+
+class PrefixLookup:
+    def __init__(
+        self,
+        agent_endpoints: Sequence[str],
+        block_tokens: int,
+        hash_namespace: str,
+        executor: Executor,
+        timeout_s: float = 2.0,
+    ) -> None:
+        if not agent_endpoints:
+            raise ValueError("no agent endpoints to look prefixes up at")
+        self.block_tokens = block_tokens
+        self.root = root_hash(hash_namespace)
+        self.executor = executor
+        # One client (one channel) per distinct agent, shared by all lookups.
+        self.agents = [AgentClient(ep, timeout_s) for ep in dict.fromkeys(agent_endpoints)]
+        self._next = itertools.cycle(range(len(self.agents)))
+        # Agents failing now -> when that was last logged as a warning.
+        self._failing: dict[str, float] = {}
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.close()
+
+    async def cached_tokens(self, token_ids: Sequence[int], request_id: str = "") -> int:
+        chain = block_chain(token_ids, self.block_tokens, parent=self.root)
+        if not chain:
+            return 0
+        loop = asyncio.get_running_loop()
+        start = next(self._next)
+        # The next agent is asked when one fails (at most two: a dead agent must not cost
+        # every request one timeout per agent).
+        for agent in [self.agents[(start + i) % len(self.agents)] for i in range(MAX_TRIES)]:
+            try:
+                prefix_blocks, _ = await loop.run_in_executor(self.executor, agent.lookup, chain)
+            except grpc.RpcError as exc:
+                self._failed(agent.endpoint, exc, request_id)
+                continue
+            self._failing.pop(agent.endpoint, None)
+            return min(prefix_blocks, len(chain)) * self.block_tokens
+        return 0
+
+    def _failed(self, endpoint: str, exc: grpc.RpcError, request_id: str) -> None:
+        """Log a failing agent when it starts failing, then once per WARN_EVERY_S."""
+        now = time.monotonic()
+        last = self._failing.get(endpoint)
+        level = logging.WARNING if last is None or now - last >= WARN_EVERY_S else logging.DEBUG
+        if level == logging.WARNING:
+            self._failing[endpoint] = now
+        log.log(
+            level,
+            "prefix lookup failed: the prompt counts as not cached",
+            extra={
+                "request_id": request_id,
+                "agent": endpoint,
+                "code": exc.code().name,
+                "details": exc.details(),
+            },
+        )
