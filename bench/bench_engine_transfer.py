@@ -44,13 +44,17 @@ PATHS = {"PE_READ": (1, 0.0), "DE_READ": (2, 0.0), "SPLIT": (3, 0.5)}
 class EngineBuffers:
     """KV-cache tensors of an engine, on the CPU (numpy) or a GPU (torch)."""
 
-    def __init__(self, device: str, layers: int, blocks: int, block_tokens: int, heads: int, dim: int):
+    def __init__(
+        self, device: str, layers: int, blocks: int, block_tokens: int, heads: int, dim: int
+    ):
         self.device = device
         if device == "cuda":
             import torch
 
             self.tensors: list[Any] = [
-                torch.zeros((2, blocks, block_tokens, heads, dim), dtype=torch.bfloat16, device="cuda")
+                torch.zeros(
+                    (2, blocks, block_tokens, heads, dim), dtype=torch.bfloat16, device="cuda"
+                )
                 for _ in range(layers)
             ]
             self.buffers = [
@@ -135,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     engine = EngineBuffers(
-        args.device, args.layers, args.engine_blocks, args.block_tokens, args.kv_heads, args.head_dim
+        args.device,
+        args.layers,
+        args.engine_blocks,
+        args.block_tokens,
+        args.kv_heads,
+        args.head_dim,
     )
     cache = EngineKvCache("bench-engine", engine.buffers, args.block_tokens, engine.mem_type)
     layout = cache.layout
@@ -159,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             pe, de = agents[0].client(), agents[1].client()
             rng = np.random.default_rng(0)
             chain = block_chain(
-                rng.integers(0, 50_000, args.blocks * args.block_tokens), args.block_tokens,
+                rng.integers(0, 50_000, args.blocks * args.block_tokens),
+                args.block_tokens,
                 parent=root_hash("bench"),
             )
             de.seed_synthetic(chain, layout)
@@ -191,13 +201,18 @@ def main(argv: list[str] | None = None) -> int:
                     for k in (0, args.blocks - 1):
                         for layer in (0, layout.layers - 1):
                             want = kvgen.layer_bytes(
-                                chain[k].block_hash, layer, args.block_tokens, layout.bytes_per_token_layer
+                                chain[k].block_hash,
+                                layer,
+                                args.block_tokens,
+                                layout.bytes_per_token_layer,
                             )
                             if engine.layer_block(layer, ids[k]) != want:
                                 raise SystemExit(f"{name}: block {k} layer {layer} landed wrong")
                 results["paths"][name] = {
                     "load_gbps_median": round(gbps(load_bytes, statistics.median(totals)), 3),
-                    "transfer_gbps_median": round(gbps(load_bytes, statistics.median(transfers)), 3),
+                    "transfer_gbps_median": round(
+                        gbps(load_bytes, statistics.median(transfers)), 3
+                    ),
                     "load_s": [round(t, 4) for t in totals],
                 }
                 print(name, results["paths"][name], flush=True)
@@ -212,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         ids = list(range(args.blocks))
         target = cache.target(ids)
         parent.send(
-            (target.to_proto().SerializeToString(), (layout.layers, layout.block_tokens, layout.bytes_per_token_layer), args.blocks)
+            (
+                target.to_proto().SerializeToString(),
+                (layout.layers, layout.block_tokens, layout.bytes_per_token_layer),
+                args.blocks,
+            )
         )
         parent.send(args.runs)
         raw = parent.recv()
@@ -222,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             "write_s": [round(t, 4) for t in raw],
         }
         print("raw NIXL WRITE", results["raw_nixl"], flush=True)
-        for name, r in results["paths"].items():
-            r["transfer_vs_raw"] = round(r["transfer_gbps_median"] / results["raw_nixl"]["gbps_median"], 3)
+        for r in results["paths"].values():
+            r["transfer_vs_raw"] = round(
+                r["transfer_gbps_median"] / results["raw_nixl"]["gbps_median"], 3
+            )
         print(json.dumps(results, indent=2))
     cache.close()
     if args.json:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from dualpath.v1 import agent_pb2, traffic_controller_pb2
 
+from dualpath_agent.buffer import Cancelled
 from dualpath_agent.core import BlockPlan
 from dualpath_agent.engine_target import (
     LOCAL_PART,
@@ -26,6 +27,7 @@ from dualpath_agent.engine_target import (
     layer_tag,
     parse_engine_target,
 )
+from dualpath_agent.errors import PATH_LABEL, PeerFailed
 from dualpath_agent.layout import BlockLayout
 from dualpath_agent.validation import de_block_count, parse_layout, plan_blocks, require
 
@@ -60,7 +62,7 @@ class EngineLoad:
             raise ValueError("handoff loads read the node's own store: read_path must be PE_READ")
         if self.n_remote and not request.decode_agent_endpoint:
             raise ValueError("decode_agent_endpoint is required for DE_READ and SPLIT")
-        self.label = HANDOFF_LABEL if request.handoff else _path_label(request.read_path)
+        self.label = HANDOFF_LABEL if request.handoff else PATH_LABEL[request.read_path]
         self.errors: list[BaseException] = []
         self.bytes = {"local": 0, "remote": 0}
         self.remote_storage_read_s = 0.0
@@ -93,7 +95,7 @@ class EngineLoad:
                 while t.is_alive():
                     t.join(0.05)
                     if cancel.is_set() and not self.errors:
-                        self.errors.append(_cancelled())
+                        self.errors.append(Cancelled("load cancelled"))
             if self.errors:
                 raise self.errors[0]
         elapsed = time.monotonic() - started
@@ -189,8 +191,6 @@ class EngineLoad:
                 if msg.done:
                     self.bytes["remote"] = msg.bytes_sent
         except grpc.RpcError as exc:
-            from dualpath_agent.service import PeerFailed
-
             raise PeerFailed(endpoint, exc) from exc
         finally:
             finished.set()
@@ -204,15 +204,3 @@ def _cancel_on(cancel: threading.Event, finished: threading.Event, call: Any) ->
             with contextlib.suppress(Exception):
                 call.cancel()
             return
-
-
-def _cancelled() -> BaseException:
-    from dualpath_agent.buffer import Cancelled
-
-    return Cancelled("load cancelled")
-
-
-def _path_label(read_path: int) -> str:
-    from dualpath_agent.service import PATH_LABEL
-
-    return PATH_LABEL[read_path]

@@ -18,16 +18,15 @@ from typing import Any
 
 import grpc
 import numpy as np
-from dualpath.v1 import agent_pb2, agent_pb2_grpc, traffic_controller_pb2
+from dualpath.v1 import agent_pb2, agent_pb2_grpc
 
 from dualpath_agent import kvgen
 from dualpath_agent.blockfile import ChecksumMismatch, crc32c
-from dualpath_agent.buffer import Cancelled, OutOfBuffer, Region
+from dualpath_agent.buffer import Cancelled, Region
 from dualpath_agent.core import (
     AgentCore,
     BlockPlan,
     Held,
-    ShuttingDown,
     Staged,
     copy_staged_layer_to_region,
 )
@@ -38,12 +37,9 @@ from dualpath_agent.engine_target import (
     layer_tag,
     parse_engine_target,
 )
+from dualpath_agent.errors import PATH_LABEL, AgentError, PeerFailed, status_of
 from dualpath_agent.layout import BlockLayout, RegionLayout
 from dualpath_agent.store import (
-    BlockCorrupt,
-    BlockNotFound,
-    LayoutMismatch,
-    StoreError,
     StoreFull,
 )
 from dualpath_agent.transport import Desc, LayerWrites, TransferError
@@ -59,67 +55,12 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 64 << 20
 CHUNK = 1 << 20
-PATH_LABEL = {
-    traffic_controller_pb2.ReadPath.READ_PATH_PE_READ: "pe_read",
-    traffic_controller_pb2.ReadPath.READ_PATH_DE_READ: "de_read",
-    traffic_controller_pb2.ReadPath.READ_PATH_SPLIT: "split",
-}
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 ]
-
-
-class AgentError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class PeerFailed(Exception):
-    """A call to a peer agent failed; keeps the peer's status code."""
-
-    def __init__(self, endpoint: str, exc: grpc.RpcError) -> None:
-        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        if code in (
-            grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.CANCELLED,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            grpc.StatusCode.UNKNOWN,
-            grpc.StatusCode.INTERNAL,
-        ):
-            self.code = grpc.StatusCode.UNAVAILABLE
-            message = f"peer agent {endpoint} failed mid-transfer ({code.name}): {details}"
-        else:
-            self.code = code
-            message = f"peer agent {endpoint}: {details}"
-        super().__init__(message)
-
-
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Map an exception to the gRPC status a client sees."""
-    table: list[tuple[type[BaseException], grpc.StatusCode]] = [
-        (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
-        (BlockNotFound, grpc.StatusCode.NOT_FOUND),
-        (BlockCorrupt, grpc.StatusCode.DATA_LOSS),
-        (ChecksumMismatch, grpc.StatusCode.DATA_LOSS),
-        (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
-        (OutOfBuffer, grpc.StatusCode.RESOURCE_EXHAUSTED),
-        (LayoutMismatch, grpc.StatusCode.FAILED_PRECONDITION),
-        (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
-        (TransferError, grpc.StatusCode.UNAVAILABLE),
-        (Cancelled, grpc.StatusCode.CANCELLED),
-        (StoreError, grpc.StatusCode.INTERNAL),
-    ]
-    if isinstance(exc, AgentError | PeerFailed):
-        return exc.code, str(exc)
-    for kind, code in table:
-        if isinstance(exc, kind):
-            return code, str(exc)
-    return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
 
 
 class PeerClients:

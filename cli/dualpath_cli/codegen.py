@@ -3,6 +3,7 @@ staleness by tests: gRPC stubs from proto/, CRD YAML from the operator's pydanti
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -13,24 +14,32 @@ PROTO_DIR = PROTO_ROOT / "dualpath" / "v1"
 
 
 def generate_protos(out_root: Path = PROTO_ROOT) -> list[Path]:
-    """Run grpcio-tools' protoc on proto/dualpath/v1/*.proto into out_root; returns outputs."""
-    from grpc_tools import protoc  # dev dependency: only needed to regenerate
+    """Run grpcio-tools' protoc on proto/dualpath/v1/*.proto into out_root; returns outputs.
 
-    include = Path(protoc.__file__).parent / "_proto"
+    protoc runs in a child process: its extension carries a protobuf runtime of its own,
+    which crashes a process that already loaded another one (NIXL bundles one)."""
+    import grpc_tools  # dev dependency: only needed to regenerate
+
+    include = Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_DIR.glob("*.proto"))
-    rc = protoc.main(
+    done = subprocess.run(
         [
-            "protoc",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
             f"-I{PROTO_ROOT}",
             f"-I{include}",
             f"--python_out={out_root}",
             f"--pyi_out={out_root}",
             f"--grpc_python_out={out_root}",
             *protos,
-        ]
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    if rc != 0:
-        raise RuntimeError(f"protoc failed with exit code {rc}")
+    if done.returncode != 0:
+        raise RuntimeError(f"protoc failed with exit code {done.returncode}: {done.stderr}")
     return sorted((out_root / "dualpath" / "v1").glob("*_pb2*.py*"))
 
 

@@ -29,6 +29,7 @@ from dualpath_agent.layout import BlockLayout
 from dualpath_controller.client import ControllerClient
 from dualpath_controller.process import ControllerProcess
 from dualpath_router.process import RouterProcess
+from dualpath_vllm.params import DualPathParams, Role
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.certs import write_tls_secret
@@ -246,16 +247,15 @@ def test_token_ids_completion_prefill_then_decode_with_kv_transfer_params(stack,
         },
     }
     assert route["read-path"] in ("PE_READ", "DE_READ", "SPLIT")
-    assert decode_call.body == body | {
-        "kv_transfer_params": {
-            "dualpath": {
-                "request_id": rid,
-                "role": "decode",
-                "decode_agent_endpoint": agents[1].endpoint,
-                "prefill_agent_endpoint": agents[0].endpoint,
-            }
-        }
-    }
+    decode_body = dict(decode_call.body)
+    params = DualPathParams.from_body(decode_body.pop("kv_transfer_params"))
+    assert decode_body == body
+    assert params == DualPathParams(
+        request_id=rid,
+        role=Role.DECODE,
+        decode_agent_endpoint=agents[1].endpoint,
+        prefill_agent_endpoint=agents[0].endpoint,
+    )
     assert prefill_call.at <= decode_call.at
     assert response.content == decode_call.sent  # the decode engine's answer, unchanged
     assert (route["prefill-engine"], route["decode-engine"]) == ("prefill-0", "decode-0")

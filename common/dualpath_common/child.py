@@ -1,0 +1,93 @@
+"""A component started as a child process that writes a ready file (JSON) once it serves:
+started, waited for, stopped by its pid (SIGTERM, then SIGKILL after a grace period).
+Tests, the local stacks and benchmarks start the controller and the router this way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+
+class ReadyFileProcess:
+    """Subclasses build `args` (which must pass `self.ready_file` to the child) and read
+    what they need from the ready file in `on_ready`."""
+
+    name = "process"
+
+    def __init__(self, args: Sequence[str], log_path: Path | None = None) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"dualpath-{self.name}-")
+        self.ready_file = Path(self._tmp.name) / "ready.json"
+        self.log_path = log_path or Path(self._tmp.name) / f"{self.name}.log"
+        self.args = list(args)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def on_ready(self, ready: dict[str, Any]) -> None:
+        """Read the ready file's contents (ports)."""
+
+    def start(self, timeout_s: float = 30.0) -> Self:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while not self.ready_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}: {self.log_text()[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"{self.name} not ready after {timeout_s}s: {self.log_text()}")
+            time.sleep(0.05)
+        self.on_ready(json.loads(self.ready_file.read_text()))
+        return self
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far (other lines skipped)."""
+        records = []
+        for line in self.log_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records
+
+    def kill(self) -> None:
+        """Crash it (SIGKILL): no graceful shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        """SIGTERM, wait, SIGKILL if needed; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.ready_file.unlink(missing_ok=True)
+        return self.proc.returncode
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        self._tmp.cleanup()
