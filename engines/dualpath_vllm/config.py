@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+LOAD_MODES = ("layerwise", "async")
+
 
 @dataclass(frozen=True)
 class ConnectorConfig:
@@ -18,6 +20,11 @@ class ConnectorConfig:
     load_timeout_s: float = 30.0
     # Deadline of one agent RPC (Lookup, PutBlocks).
     rpc_timeout_s: float = 10.0
+    # "layerwise": the load runs during the request's first step and attention of layer i
+    # waits for layer i only (the paper's layer-wise prefill; the step waits for the load).
+    # "async": vLLM parks the request until its load has landed and runs other requests
+    # meanwhile (no step waits for a load; no overlap within the request).
+    load_mode: str = "layerwise"
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any] | None, default_namespace: str) -> ConnectorConfig:
@@ -29,6 +36,11 @@ class ConnectorConfig:
         if not extra.get("agent_endpoint"):
             raise ValueError("kv_connector_extra_config.agent_endpoint is required (host:port)")
         extra.setdefault("hash_namespace", default_namespace)
+        if extra.get("load_mode", "layerwise") not in LOAD_MODES:
+            raise ValueError(
+                f"kv_connector_extra_config.load_mode must be one of {', '.join(LOAD_MODES)}, "
+                f"got {extra['load_mode']!r}"
+            )
         for key in ("load_timeout_s", "rpc_timeout_s"):
             if key in extra:
                 extra[key] = float(extra[key])

@@ -104,6 +104,10 @@ class DualPathConnector(KVConnectorBase_V1):
     def wait_for_save(self) -> None:
         self._work().wait_for_save(self._meta())
 
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        # Nothing is sent asynchronously (saves complete within their step); loads are.
+        return None, self._work().get_finished() or None
+
     def get_block_ids_with_load_errors(self) -> set[int]:
         return self._work().get_block_ids_with_load_errors()
 

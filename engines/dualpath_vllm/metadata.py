@@ -28,6 +28,8 @@ class LoadJob:
     decode_agent_endpoint: str
     # A P/D hand-off on the decode side (not a storage-NIC read).
     handoff: bool
+    # vLLM parks the request until get_finished reports the load (load_mode "async").
+    asynchronous: bool = False
 
     @property
     def remote_blocks(self) -> int:

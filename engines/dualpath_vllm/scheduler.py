@@ -26,6 +26,8 @@ from dualpath_vllm.params import DualPathParams, ReadPathName, Role
 
 log = logging.getLogger(__name__)
 
+MAX_LOAD_ATTEMPTS = 2
+
 
 @dataclass
 class TrackedRequest:
@@ -37,6 +39,10 @@ class TrackedRequest:
     # Leading blocks known to be in the store (loaded, or saved by this engine).
     stored_blocks: int = 0
     save_endpoint: str = ""
+    # Loads planned so far. vLLM asks again only when the request starts over (a failed
+    # async load, a preemption): the second try reads the node's own storage, a third
+    # would not load at all (the prompt is computed).
+    load_attempts: int = 0
 
 
 @dataclass
@@ -71,7 +77,7 @@ class DualPathScheduler:
         prompt = list(request.prompt_token_ids or [])
         # The last prompt token is always computed: its logits give the first new token.
         chain = self.chain(prompt[: len(prompt) - 1])
-        if not chain:
+        if not chain or tracked.load_attempts >= MAX_LOAD_ATTEMPTS:
             return 0, False
         try:
             present, _ = self.agent.lookup(chain)
@@ -91,7 +97,7 @@ class DualPathScheduler:
             self._plans.pop(request.request_id, None)
             return 0, False
         self._plans[request.request_id] = LoadPlan(chain[first:present], first)
-        return (present - first) * self.block_size, False
+        return (present - first) * self.block_size, self.config.load_mode == "async"
 
     def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
         plan = self._plans.pop(request.request_id, None)
@@ -100,18 +106,28 @@ class DualPathScheduler:
         block_ids = list(blocks.get_block_ids()[0])
         n = num_external_tokens // self.block_size
         targets = block_ids[plan.first_block : plan.first_block + n]
-        params = self._tracked[request.request_id].params
-        decode = params.role is Role.DECODE
+        tracked = self._tracked[request.request_id]
+        params = tracked.params
+        tracked.load_attempts += 1
+        # The decode side reads what the prefill handed over, from its own agent; a retry
+        # falls back to the node's own storage.
+        own = params.role is Role.DECODE or tracked.load_attempts > 1
+        if tracked.load_attempts > 1:
+            log.warning(
+                "reloading %s from the node's own storage (attempt %d)",
+                request.request_id,
+                tracked.load_attempts,
+            )
         self._loads.append(
             LoadJob(
                 request_id=request.request_id,
                 blocks=plan.blocks[:n],
                 block_ids=targets,
-                # The decode side reads what the prefill handed over, from its own agent.
-                read_path=ReadPathName.PE_READ if decode else params.read_path,
+                read_path=ReadPathName.PE_READ if own else params.read_path,
                 de_read_fraction=params.de_read_fraction,
-                decode_agent_endpoint="" if decode else params.decode_agent_endpoint,
-                handoff=decode,
+                decode_agent_endpoint="" if own else params.decode_agent_endpoint,
+                handoff=params.role is Role.DECODE,
+                asynchronous=self.config.load_mode == "async",
             )
         )
 

@@ -64,7 +64,10 @@ class DualPathWorker:
         self.tensors: list[Any] = []
         self.layer_index: dict[str, int] = {}
         self._clients: dict[str, AgentClient] = {}
+        # Loads this step's forward waits for (layerwise), and loads vLLM parked their
+        # requests for (async) until get_finished reports them.
         self._active: list[ActiveLoad] = []
+        self._parked: list[ActiveLoad] = []
         self._failed_blocks: set[int] = set()
         self.stats = WorkerStats()
 
@@ -107,7 +110,7 @@ class DualPathWorker:
                 target=self._run_load, args=(load, request), daemon=True, name="dualpath-load"
             )
             load.thread.start()
-            self._active.append(load)
+            (self._parked if job.asynchronous else self._active).append(load)
             self.stats.loads += 1
 
     def _run_load(self, load: ActiveLoad, request: agent_pb2.LoadRequest) -> None:
@@ -173,6 +176,31 @@ class DualPathWorker:
         failed = {load.job.request_id for load in self._active if load.failed}
         self._active = []
         return failed
+
+    def get_finished(self) -> set[str]:
+        """Parked (async) loads that ended: landed, or failed (their blocks are reported
+        as load errors in the same pass, and vLLM recomputes them)."""
+        if not self._parked:
+            return set()
+        cache = self._cache()
+        cache.poll()
+        finished, still = set(), []
+        for load in self._parked:
+            elapsed = time.monotonic() - load.started
+            landed = cache.layers_ready(load.transfer_id) == cache.layout.layers
+            if load.done.is_set() and load.error is not None:
+                self._fail(load, load.error)
+            elif load.done.is_set() and landed:
+                self.stats.blocks_loaded += len(load.job.blocks)
+            elif elapsed > self.config.load_timeout_s:
+                self._fail(load, LoadFailed(f"not landed within {self.config.load_timeout_s}s"))
+            else:
+                still.append(load)
+                continue
+            cache.forget(load.transfer_id)
+            finished.add(load.job.request_id)
+        self._parked = still
+        return finished
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         failed, self._failed_blocks = self._failed_blocks, set()

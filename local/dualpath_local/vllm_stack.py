@@ -31,7 +31,7 @@ class VllmStackConfig:
     prefill_nodes: int = 1
     decode_nodes: int = 2
     snic_read_bytes_per_s: float = 2e6
-    kv_cache_gib: int = 1
+    kv_cache_gib: float = 0.25
     reference: bool = True
 
     def nodes(self) -> list[tuple[str, str]]:

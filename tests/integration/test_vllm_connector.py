@@ -39,6 +39,8 @@ class Rig:
     prefill: EngineProcess
     decode: EngineProcess
     reference: EngineProcess
+    # Same node as `prefill`, load_mode "async": vLLM parks a request until its load landed.
+    prefill_async: EngineProcess
     model: Path
     namespace: str
     workdir: Path
@@ -74,9 +76,18 @@ def rig(tmp_path_factory) -> Iterator[Rig]:
                 extra_args=no_cache,
             ),
             EngineSpec(model, free_port(), engine_id="reference", extra_args=no_cache),
+            EngineSpec(
+                model,
+                free_port(),
+                engine_id="prefill-async",
+                kv_transfer_config=connector_config(
+                    agents[0].endpoint, "prefill-async", load_mode="async"
+                ),
+                extra_args=no_cache,
+            ),
         ]
         engines = start_engines(specs)
-        yield Rig(agents[0], agents[1], *engines, model=model, namespace=str(model), workdir=work)
+        yield Rig(agents[0], agents[1], *engines[:3], engines[3], model, str(model), work)
     finally:
         stop_engines(engines)
         for agent in agents:
@@ -226,3 +237,36 @@ def test_a_decode_agent_killed_mid_load_still_gives_the_right_tokens(rig, tmp_pa
         assert_same(got, ask(rig.reference, turn2))
     finally:
         slow.stop()
+
+
+@pytest.mark.parametrize("path", [ReadPathName.PE_READ, ReadPathName.DE_READ])
+def test_async_load_mode_gives_the_tokens_of_recompute(rig, path):
+    base = prompt(seed=80 + int(path.proto), n=9 * BLOCK)
+    ask(rig.decode, base)
+    turn2 = base + prompt(seed=90 + int(path.proto), n=33)
+    params = DualPathParams(
+        request_id=f"async-{path.value}",
+        role=Role.PREFILL,
+        read_path=path,
+        decode_agent_endpoint=rig.decode_agent.endpoint,
+    )
+    reader = rig.decode_agent if path is ReadPathName.DE_READ else rig.prefill_agent
+    before = reads(reader)
+    assert_same(ask(rig.prefill_async, turn2, params), ask(rig.reference, turn2))
+    assert reads(reader) > before
+
+
+def test_async_load_from_a_dead_decode_agent_is_recomputed(rig):
+    base = prompt(seed=95, n=6 * BLOCK)
+    ask(rig.decode, base)
+    turn2 = base + prompt(seed=96, n=21)
+    params = DualPathParams(
+        request_id="async-dead",
+        role=Role.PREFILL,
+        read_path=ReadPathName.DE_READ,
+        decode_agent_endpoint="127.0.0.1:1",  # nothing listens there
+    )
+    before = reads(rig.prefill_agent)
+    assert_same(ask(rig.prefill_async, turn2, params), ask(rig.reference, turn2))
+    # vLLM started the request over; the retry read the prefill node's own storage.
+    assert reads(rig.prefill_agent) > before

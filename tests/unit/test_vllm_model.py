@@ -29,7 +29,7 @@ def test_spec_renders_the_cpu_server_command_line():
     assert option(argv, "--dtype") == "bfloat16"
     assert option(argv, "--seed") == "0"
     assert option(argv, "--max-model-len") == "4096"
-    assert option(argv, "--kv-cache-memory-bytes") == str(2**30)
+    assert option(argv, "--kv-cache-memory-bytes") == str(2**28)  # 0.25 GiB by default
     assert "--enforce-eager" in argv
     assert "--kv-transfer-config" not in argv
     assert spec.base_url == "http://127.0.0.1:18000"
