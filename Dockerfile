@@ -27,6 +27,8 @@ COPY traffic_controller traffic_controller
 COPY sim sim
 COPY cli cli
 COPY local local
+COPY router router
+COPY engines engines
 RUN /opt/dualpath/bin/pip install --no-cache-dir --disable-pip-version-check . \
  # NIXL (UCX + POSIX backends) without its declared CUDA torch dependency (several GB).
  && /opt/dualpath/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps \
