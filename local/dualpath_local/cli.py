@@ -83,7 +83,7 @@ def run_vllm_up(args: argparse.Namespace) -> int:
     from dualpath_vllm.model import default_model_dir, ensure_model_subprocess
 
     from dualpath_local.runner import stop_signals_as_interrupt
-    from dualpath_local.vllm_stack import VllmStack, VllmStackConfig
+    from dualpath_local.vllm_stack import SERVED_MODEL, VllmStack, VllmStackConfig
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dualpath-local-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def run_vllm_up(args: argparse.Namespace) -> int:
         with stop_signals_as_interrupt():
             stack.start(args.policy)
             assert stack.router is not None
-            print(f"router (OpenAI API): {stack.router.url}/v1", flush=True)
+            print(f"router (OpenAI API): {stack.router.url}/v1, model {SERVED_MODEL!r}", flush=True)
             print(json.dumps(json.loads((workdir / "stack.json").read_text()), indent=2))
             print("Ctrl-C stops every process.", flush=True)
             while True:

@@ -22,6 +22,11 @@ from dualpath_vllm.process import EngineProcess, EngineSpec, start_engines, stop
 # The tiny model: 4 layers x 2 (K, V) x 2 KV heads x 32 dims x bf16.
 KV_BYTES_PER_TOKEN = 1024
 BLOCK_TOKENS = 64
+# The name clients put in "model" (vLLM would otherwise answer only to the model's path).
+SERVED_MODEL = "tiny-llama"
+# No prefix cache of their own: as in the paper, engines cannot hold every agent's context
+# between turns, so each turn restores it from storage.
+ENGINE_ARGS = ["--no-enable-prefix-caching", "--served-model-name", SERVED_MODEL]
 
 
 @dataclass(frozen=True)
@@ -78,9 +83,7 @@ class VllmStack:
                 engine_id=node,
                 kv_cache_gib=self.config.kv_cache_gib,
                 kv_transfer_config=kv_transfer_config(self.agents[node].endpoint, node),
-                # No prefix cache of their own: as in the paper, engines cannot hold every
-                # agent's context between turns, so each turn restores it from storage.
-                extra_args=["--no-enable-prefix-caching"],
+                extra_args=ENGINE_ARGS,
             )
             for node, _ in self.config.nodes()
         ]
@@ -91,7 +94,7 @@ class VllmStack:
                     free_port(),
                     engine_id="reference",
                     kv_cache_gib=self.config.kv_cache_gib,
-                    extra_args=["--no-enable-prefix-caching"],
+                    extra_args=ENGINE_ARGS,
                 )
             )
         (self.config.workdir / "engines").mkdir(parents=True, exist_ok=True)
