@@ -30,6 +30,8 @@ class LoadJob:
     handoff: bool
     # vLLM parks the request until get_finished reports the load (load_mode "async").
     asynchronous: bool = False
+    # 2 for the retry of a failed load (from the node's own storage).
+    attempt: int = 1
 
     @property
     def remote_blocks(self) -> int:

@@ -23,6 +23,7 @@ from dualpath_agent.client import AgentClient
 from dualpath_vllm.config import ConnectorConfig
 from dualpath_vllm.metadata import DualPathMetadata, LoadJob, SaveJob
 from dualpath_vllm.params import DualPathParams, ReadPathName, Role
+from dualpath_vllm.stats import DualPathStats
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ class DualPathScheduler:
         self._plans: dict[str, LoadPlan] = {}
         self._loads: list[LoadJob] = []
         self._tracked: dict[str, TrackedRequest] = {}
-        self.lookup_failures = 0
+        # Counted since vLLM last collected them (get_stats).
+        self.stats = DualPathStats()
 
     # ----- matching ---------------------------------------------------------------------
     def chain(self, token_ids: list[int]) -> list[ChainedBlock]:
@@ -83,7 +85,7 @@ class DualPathScheduler:
             present, _ = self.agent.lookup(chain)
         except grpc.RpcError as exc:
             # No agent: nothing is loaded and nothing is lost; the prompt is computed.
-            self.lookup_failures += 1
+            self.stats.count("lookup_failures")
             log.warning(
                 "agent lookup for %s failed, computing the prompt: %s",
                 request.request_id,
@@ -113,6 +115,7 @@ class DualPathScheduler:
         # falls back to the node's own storage.
         own = params.role is Role.DECODE or tracked.load_attempts > 1
         if tracked.load_attempts > 1:
+            self.stats.count("load_retries")
             log.warning(
                 "reloading %s from the node's own storage (attempt %d)",
                 request.request_id,
@@ -128,6 +131,7 @@ class DualPathScheduler:
                 decode_agent_endpoint="" if own else params.decode_agent_endpoint,
                 handoff=params.role is Role.DECODE,
                 asynchronous=self.config.load_mode == "async",
+                attempt=tracked.load_attempts,
             )
         )
 
@@ -198,6 +202,12 @@ class DualPathScheduler:
         if params.role is Role.PREFILL and params.decode_agent_endpoint:
             return params.decode_agent_endpoint
         return self.config.agent_endpoint
+
+    def get_stats(self) -> DualPathStats | None:
+        if self.stats.is_empty():
+            return None
+        stats, self.stats = self.stats, DualPathStats()
+        return stats
 
     def close(self) -> None:
         self.agent.close()

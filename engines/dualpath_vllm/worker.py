@@ -28,6 +28,7 @@ from dualpath_agent.client import AgentClient, block_ref, layout_msg
 from dualpath_vllm.config import ConnectorConfig
 from dualpath_vllm.kv_cache import EngineKvCache, LoadFailed, describe_layer
 from dualpath_vllm.metadata import DualPathMetadata, LoadJob, SaveJob
+from dualpath_vllm.stats import DualPathStats
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,6 @@ class ActiveLoad:
         return self.error
 
 
-@dataclass
-class WorkerStats:
-    loads: int = 0
-    load_failures: int = 0
-    blocks_loaded: int = 0
-    blocks_saved: int = 0
-    save_failures: int = 0
-
-
 class DualPathWorker:
     def __init__(self, config: ConnectorConfig, block_size: int, num_blocks: int) -> None:
         self.config = config
@@ -69,7 +61,8 @@ class DualPathWorker:
         self._active: list[ActiveLoad] = []
         self._parked: list[ActiveLoad] = []
         self._failed_blocks: set[int] = set()
-        self.stats = WorkerStats()
+        # Counted since vLLM last collected them (get_stats).
+        self.stats = DualPathStats()
 
     # ----- registration -----------------------------------------------------------------
     def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
@@ -111,7 +104,7 @@ class DualPathWorker:
             )
             load.thread.start()
             (self._parked if job.asynchronous else self._active).append(load)
-            self.stats.loads += 1
+            self.stats.count("loads")
 
     def _run_load(self, load: ActiveLoad, request: agent_pb2.LoadRequest) -> None:
         try:
@@ -142,7 +135,7 @@ class DualPathWorker:
     def _fail(self, load: ActiveLoad, exc: BaseException) -> None:
         load.failed = True
         self._failed_blocks.update(load.job.block_ids)
-        self.stats.load_failures += 1
+        self.stats.count("load_failures")
         log.warning(
             "KV load of %s (%s, %d blocks) failed, vLLM recomputes them: %s",
             load.job.request_id,
@@ -170,7 +163,7 @@ class DualPathWorker:
                     # nothing it wrote is trusted.
                     self._fail(load, load.error)
                 else:
-                    self.stats.blocks_loaded += len(load.job.blocks)
+                    self.stats.count("blocks_loaded", len(load.job.blocks))
             if cache is not None:
                 cache.forget(load.transfer_id)
         failed = {load.job.request_id for load in self._active if load.failed}
@@ -191,7 +184,7 @@ class DualPathWorker:
             if load.done.is_set() and load.error is not None:
                 self._fail(load, load.error)
             elif load.done.is_set() and landed:
-                self.stats.blocks_loaded += len(load.job.blocks)
+                self.stats.count("blocks_loaded", len(load.job.blocks))
             elif elapsed > self.config.load_timeout_s:
                 self._fail(load, LoadFailed(f"not landed within {self.config.load_timeout_s}s"))
             else:
@@ -201,6 +194,13 @@ class DualPathWorker:
             finished.add(load.job.request_id)
         self._parked = still
         return finished
+
+    def get_stats(self) -> DualPathStats | None:
+        """What was counted since the last call (vLLM aggregates and exports it)."""
+        if self.stats.is_empty():
+            return None
+        stats, self.stats = self.stats, DualPathStats()
+        return stats
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         failed, self._failed_blocks = self._failed_blocks, set()
@@ -216,7 +216,7 @@ class DualPathWorker:
                 self._save(job)
             except grpc.RpcError as exc:
                 # A block not persisted is a future cache miss, never a wrong answer.
-                self.stats.save_failures += 1
+                self.stats.count("save_failures")
                 log.warning(
                     "persisting %d new blocks of %s through %s failed: %s",
                     len(job.blocks),
@@ -247,7 +247,7 @@ class DualPathWorker:
 
         client = self._client(job.agent_endpoint)
         client.stub.PutBlocks(chunks(), timeout=self.config.rpc_timeout_s)
-        self.stats.blocks_saved += len(job.blocks)
+        self.stats.count("blocks_saved", len(job.blocks))
 
     def _block_image(self, block_id: int) -> bytes:
         """One engine block as a stored Full Block: layer-major, each layer its planes."""

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from dualpath_agent.blockhash import ChainedBlock, block_chain, root_hash
@@ -108,6 +109,17 @@ def ask(
 def reads(agent: AgentHandle) -> int:
     with agent.client() as client:
         return client.stat().storage_reads_completed
+
+
+def engine_counter(engine: EngineProcess, name: str) -> float:
+    """The sum of a counter's series on an engine's /metrics (0 when it has none yet:
+    vLLM exports a connector's counters once it reported them)."""
+    text = httpx.get(f"{engine.base_url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
 
 
 def stored(agent: AgentHandle, blocks: list[ChainedBlock]) -> int:
@@ -267,6 +279,10 @@ def test_async_load_from_a_dead_decode_agent_is_recomputed(rig):
         decode_agent_endpoint="127.0.0.1:1",  # nothing listens there
     )
     before = reads(rig.prefill_agent)
+    failures = engine_counter(rig.prefill_async, "vllm:dualpath_load_failures_total")
     assert_same(ask(rig.prefill_async, turn2, params), ask(rig.reference, turn2))
     # vLLM started the request over; the retry read the prefill node's own storage.
     assert reads(rig.prefill_agent) > before
+    # Counted where an operator looks: the engine's own /metrics.
+    assert engine_counter(rig.prefill_async, "vllm:dualpath_load_failures_total") > failures
+    assert engine_counter(rig.prefill_async, "vllm:dualpath_load_retries_total") >= 1
