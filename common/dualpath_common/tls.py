@@ -123,15 +123,24 @@ def channel_credentials(trust: str | Path) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates=read_pem(trust_file(trust), "TLS CA"))
 
 
+# A restarted controller is reached again within a second: gRPC's default reconnect
+# backoff (1 s, growing to 120 s) would keep callers failing fast long after it is back.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 def channel(target: str, trust: str | Path | None = None) -> grpc.Channel:
     """A blocking-API channel: TLS when `trust` names a CA file or Secret directory."""
     if trust is None:
-        return grpc.insecure_channel(target)
-    return grpc.secure_channel(target, channel_credentials(trust))
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(target, channel_credentials(trust), options=CHANNEL_OPTIONS)
 
 
 def aio_channel(target: str, trust: str | Path | None = None) -> grpc.aio.Channel:
     """Like `channel`, for grpc.aio (binds to the running event loop)."""
     if trust is None:
-        return grpc.aio.insecure_channel(target)
-    return grpc.aio.secure_channel(target, channel_credentials(trust))
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(target, channel_credentials(trust), options=CHANNEL_OPTIONS)

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,10 +77,11 @@ class DualPathWorker:
             for t in self.tensors
         ]
         mem_type = "VRAM" if first.is_cuda else "DRAM"
-        device = first.device.index or 0 if first.is_cuda else 0
-        self.cache = EngineKvCache(
-            f"{self.config.engine_id}-kv", layers, self.block_size, mem_type, device
-        )
+        device = (first.device.index or 0) if first.is_cuda else 0
+        # A name of its own per process: agents know peers by name, and a restarted engine
+        # registers new memory under new metadata.
+        name = f"{self.config.engine_id}-kv-{uuid.uuid4().hex[:8]}"
+        self.cache = EngineKvCache(name, layers, self.block_size, mem_type, device)
 
     # ----- loads ------------------------------------------------------------------------
     def start_load_kv(self, meta: DualPathMetadata) -> None:
