@@ -188,10 +188,13 @@ class VllmDemo:
     def run(self) -> VllmDemoResult:
         started = time.monotonic()
         result = VllmDemoResult(workload=self.workload.summary())
+        engines = self.config.decode_nodes + 1 + int(self.config.verify)
         self.log(
-            f"starting agents, {self.config.decode_nodes + 2} vLLM engines, controller, router"
+            f"starting agents, {engines} vLLM engines (about 20 s each on 2 cores, started "
+            f"together), controller, router; logs in {self.config.workdir}"
         )
         self.stack.start(self.config.policies[0])
+        self.log(f"stack up after {time.monotonic() - started:.0f} s: {self.stack.pids()}")
         for index, policy in enumerate(self.config.policies):
             if index:
                 self.stack.restart_control_plane(policy)
