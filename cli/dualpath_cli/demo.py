@@ -10,13 +10,13 @@ from pathlib import Path
 DEFAULTS_NOTE = (
     "Defaults (--engines vllm): 1 prefill + 2 decode nodes, each with an agent and a real vLLM "
     "engine (CPU) loading its KV cache through the DualPath connector, behind `dualpath "
-    "router`; a 0.016 Gbit/s (2 MB/s) storage-NIC read cap per node; 16 agents x 3 turns of "
+    "router`; a 0.008 Gbit/s (1 MB/s) storage-NIC read cap per node (the prefill node's SNIC, not the CPUs, bounds the baseline); 16 agents x 3 turns of "
     "the paper's 32K trace scaled to 1/16; every turn checked token for token against a "
     "reference engine. --engines stand-in: engine stand-ins with modelled compute, 0.48 "
     "Gbit/s caps, 24 agents x 5 turns scaled to 1/4, model tiny-test."
 )
 # Per engine kind: (snic_read_gbps, agents, turns, context_scale)
-MODE_DEFAULTS = {"vllm": (0.016, 16, 3, 1 / 16), "stand-in": (0.48, 24, 5, 0.25)}
+MODE_DEFAULTS = {"vllm": (0.008, 16, 3, 1 / 16), "stand-in": (0.48, 24, 5, 0.25)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--snic-read-gbps",
         type=float,
         default=None,
-        help="storage-NIC read cap per node, Gbit/s (8 = 1 GB/s); default 0.016 (vllm) or 0.48 "
+        help="storage-NIC read cap per node, Gbit/s (8 = 1 GB/s); default 0.008 (vllm) or 0.48 "
         "(stand-in): low enough that the storage NIC, not this machine's CPUs, is the bottleneck",
     )
     g.add_argument("--transport", choices=["auto", "nixl", "fallback"], default="auto")

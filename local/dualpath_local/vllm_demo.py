@@ -43,7 +43,7 @@ class VllmDemoConfig:
     turns: int = 3
     # The 32K trace at 1/16: ~1K-token prompts (the tiny model's context is 4,096).
     context_scale: float = 1 / 16
-    snic_read_bytes_per_s: float = 2e6
+    snic_read_bytes_per_s: float = 1e6
     decode_nodes: int = 2
     seed: int = 7
     verify: bool = True

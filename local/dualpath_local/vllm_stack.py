@@ -35,7 +35,7 @@ class VllmStackConfig:
     model_dir: Path
     prefill_nodes: int = 1
     decode_nodes: int = 2
-    snic_read_bytes_per_s: float = 2e6
+    snic_read_bytes_per_s: float = 1e6
     kv_cache_gib: float = 0.25
     reference: bool = True
 
