@@ -11,7 +11,6 @@ recomputes every turn: any token that differs fails the run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import threading
@@ -22,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 from dualpath_agent.client import AgentClient
 
 from dualpath_local.runner import DEFAULT_POLICIES
 from dualpath_local.stack import pid_alive
 from dualpath_local.vllm_stack import KV_BYTES_PER_TOKEN, VllmStack, VllmStackConfig
-from dualpath_local.workload import Turn, Workload, WorkloadConfig, build_workload
+from dualpath_local.workload import Turn, Workload, WorkloadConfig, build_workload, new_token_ids
 
 # The tiny model's vocabulary is 1,024 ids; the first ten are its special tokens.
 FIRST_ID, LAST_ID = 10, 1024
@@ -103,12 +101,10 @@ class VllmDemoResult:
         return out
 
 
-def token_ids(seed: int, *parts: object, count: int) -> list[int]:
-    """`count` pseudo-random ids of the tiny model's vocabulary, a pure function of the
-    arguments (the same in every process)."""
-    digest = hashlib.blake2b(repr((seed, parts)).encode(), digest_size=8).digest()
-    rng = np.random.default_rng(int.from_bytes(digest, "little"))
-    return [int(t) for t in rng.integers(FIRST_ID, LAST_ID, count)]
+def token_ids(seed: int, tag: str, trajectory: int, turn: object, count: int) -> list[int]:
+    """Ids of the tiny model's vocabulary (the same in every process and phase run)."""
+    ids = new_token_ids(seed, trajectory, f"{tag}/{turn}", 0, count, FIRST_ID, LAST_ID)
+    return [int(t) for t in ids]
 
 
 class Conversation:

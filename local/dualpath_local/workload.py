@@ -159,10 +159,12 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(digest, "little")
 
 
-def new_token_ids(seed: int, trajectory: int, tag: str, turn: int, count: int) -> np.ndarray:
-    """`count` pseudo-random token ids, a pure function of the arguments."""
+def new_token_ids(
+    seed: int, trajectory: int, tag: str, turn: int, count: int, low: int = 0, high: int = VOCAB
+) -> np.ndarray:
+    """`count` pseudo-random token ids in [low, high), a pure function of the arguments."""
     rng = np.random.default_rng(_seed(seed, trajectory, tag, turn))
-    return rng.integers(0, VOCAB, count, dtype=np.uint32)
+    return rng.integers(low, high, count, dtype=np.uint32)
 
 
 @dataclass

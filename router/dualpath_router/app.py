@@ -72,6 +72,7 @@ class Runtime:
             config.block_tokens,
             config.hash_namespace,
             self.executor,
+            self.metrics,
             config.agent_timeout_s,
         )
         self._proxy = Proxy(config, self.pool, self.session, self.prefix, self.metrics)

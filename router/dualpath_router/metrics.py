@@ -54,6 +54,12 @@ class RouterMetrics:
             ["operation", "code"],
             registry=self.registry,
         )
+        self.lookup_failures = Counter(
+            "dualpath_router_prefix_lookup_failures_total",
+            "Prefix lookups an agent failed (the prompt then counts as not cached)",
+            ["agent", "code"],
+            registry=self.registry,
+        )
         self.prompt_tokens = Counter(
             "dualpath_router_prompt_tokens_total",
             "Prompt tokens of scheduled requests",

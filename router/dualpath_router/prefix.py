@@ -20,6 +20,8 @@ import grpc
 from dualpath_agent.blockhash import block_chain, root_hash
 from dualpath_agent.client import AgentClient
 
+from dualpath_router.metrics import RouterMetrics
+
 log = logging.getLogger("dualpath.router.prefix")
 MAX_TRIES = 2
 WARN_EVERY_S = 10.0
@@ -32,6 +34,7 @@ class PrefixLookup:
         block_tokens: int,
         hash_namespace: str,
         executor: Executor,
+        metrics: RouterMetrics,
         timeout_s: float = 2.0,
     ) -> None:
         if not agent_endpoints:
@@ -39,6 +42,7 @@ class PrefixLookup:
         self.block_tokens = block_tokens
         self.root = root_hash(hash_namespace)
         self.executor = executor
+        self.metrics = metrics
         # One client (one channel) per distinct agent, shared by all lookups.
         self.agents = [AgentClient(ep, timeout_s) for ep in dict.fromkeys(agent_endpoints)]
         self._next = itertools.cycle(range(len(self.agents)))
@@ -68,7 +72,9 @@ class PrefixLookup:
         return 0
 
     def _failed(self, endpoint: str, exc: grpc.RpcError, request_id: str) -> None:
-        """Log a failing agent when it starts failing, then once per WARN_EVERY_S."""
+        """Count every failure; log a failing agent when it starts failing, then once per
+        WARN_EVERY_S."""
+        self.metrics.lookup_failures.labels(endpoint, exc.code().name).inc()
         now = time.monotonic()
         last = self._failing.get(endpoint)
         level = logging.WARNING if last is None or now - last >= WARN_EVERY_S else logging.DEBUG

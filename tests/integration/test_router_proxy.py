@@ -13,6 +13,7 @@ naming the field, 503 naming the engine or the controller, load reports from the
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -453,6 +454,11 @@ def test_engine_down_is_a_503_naming_it_and_nothing_stays_booked():
         assert route_of(ok)["cached-tokens"] == "0"  # agents unreachable: counted as not cached
         assert any(
             r.get("msg", "").startswith("prefix lookup failed") for r in s.router.log_records()
+        )
+        # The fallback shows in metrics too, not only in the log.
+        metrics = httpx.get(f"{s.router.url}/metrics").text
+        assert re.search(
+            r"^dualpath_router_prefix_lookup_failures_total\{.*\} [1-9]", metrics, re.M
         )
         s.decode.stop()
         response = httpx.post(f"{s.router.url}/v1/completions", json={"prompt": [1] * 200})

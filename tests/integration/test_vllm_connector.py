@@ -22,11 +22,12 @@ from dualpath_agent.blockhash import ChainedBlock, block_chain, root_hash
 from dualpath_agent.client import AgentClient
 from dualpath_agent.launch import AgentHandle, start_agent
 from dualpath_agent.layout import BlockLayout
+from dualpath_vllm.config import kv_transfer_config
 from dualpath_vllm.params import DualPathParams, ReadPathName, Role
 from dualpath_vllm.process import EngineProcess, EngineSpec, start_engines, stop_engines
 from dualpath_vllm.reference import Completion, compare_runs, greedy_completion
 
-from tests.support.engines import connector_config, tiny_model
+from tests.support.engines import tiny_model
 from tests.support.localkube import free_port
 
 BLOCK = 64
@@ -66,14 +67,14 @@ def rig(tmp_path_factory) -> Iterator[Rig]:
                 model,
                 free_port(),
                 engine_id="prefill",
-                kv_transfer_config=connector_config(agents[0].endpoint, "prefill"),
+                kv_transfer_config=kv_transfer_config(agents[0].endpoint, "prefill"),
                 extra_args=no_cache,
             ),
             EngineSpec(
                 model,
                 free_port(),
                 engine_id="decode",
-                kv_transfer_config=connector_config(agents[1].endpoint, "decode"),
+                kv_transfer_config=kv_transfer_config(agents[1].endpoint, "decode"),
                 extra_args=no_cache,
             ),
             EngineSpec(model, free_port(), engine_id="reference", extra_args=no_cache),
@@ -81,7 +82,7 @@ def rig(tmp_path_factory) -> Iterator[Rig]:
                 model,
                 free_port(),
                 engine_id="prefill-async",
-                kv_transfer_config=connector_config(
+                kv_transfer_config=kv_transfer_config(
                     agents[0].endpoint, "prefill-async", load_mode="async"
                 ),
                 extra_args=no_cache,
