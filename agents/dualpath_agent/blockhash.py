@@ -2,7 +2,9 @@
 
 hash(block k) = blake2b-128(hash(block k-1) || token ids of block k as little-endian uint32).
 Two prompts that share their first k blocks of tokens share the first k hashes, so the
-stored blocks form a trie of prefixes and a shared prefix is stored once.
+stored blocks form a trie of prefixes and a shared prefix is stored once. The chain's root
+(the parent of block 0) folds in the model's namespace and the request's cache salt: only
+prompts with the same namespace and salt share blocks (tenant isolation).
 """
 
 from __future__ import annotations
@@ -19,9 +21,27 @@ HASH_BYTES = 16
 EMPTY_PARENT = b""
 
 
-def root_hash(namespace: str) -> bytes:
-    """A chain root that separates namespaces (for example one per model)."""
-    return hashlib.blake2b(namespace.encode(), digest_size=HASH_BYTES).digest()
+# blake2b personalization of salted roots: a salted root is a different function of its
+# input than an unsalted one, so no (namespace, salt) can produce an unsalted namespace's root.
+SALTED_ROOT_PERSON = b"dualpath-salt-v1"
+
+
+def root_hash(namespace: str, salt: str | None = None) -> bytes:
+    """A chain root that separates namespaces (one per model) and, within one, tenants.
+
+    `salt` is a request's cache salt (vLLM's `cache_salt`): every block hash of a salted
+    prompt descends from a root no other salt and no unsalted prompt has, so tenants with
+    different salts never find, read or overwrite each other's blocks. No salt (None or "")
+    gives the unsalted root, unchanged, so blocks stored before salting stay addressable.
+    Namespace and salt are each length-prefixed so that no two pairs encode alike.
+    """
+    if not salt:
+        return hashlib.blake2b(namespace.encode(), digest_size=HASH_BYTES).digest()
+    h = hashlib.blake2b(digest_size=HASH_BYTES, person=SALTED_ROOT_PERSON)
+    for part in (namespace.encode(), salt.encode()):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.digest()
 
 
 def chain_hash(parent: bytes, token_ids: Sequence[int] | np.ndarray) -> bytes:

@@ -104,6 +104,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--transfer-timeout", type=float, default=60.0, help="seconds per transfer step"
     )
     parser.add_argument("--ready-file", type=Path, help="write endpoints as JSON here when serving")
+    parser.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="mutual TLS identity directory (ca.crt, tls.crt, tls.key): serve only callers with"
+        " a certificate of this CA, authorized by role; call peers and the controller with it",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve plaintext gRPC without caller authentication (local tests only); one of"
+        " --tls-dir or --insecure is required",
+    )
     parser.add_argument("--controller", help="traffic controller host:port to report load to")
     parser.add_argument(
         "--controller-tls-ca",
@@ -172,11 +184,20 @@ def run(args: argparse.Namespace) -> int:
         except tls.TlsConfigError as exc:
             print(f"dualpath agent: {exc}", file=sys.stderr)
             return 2
+    try:
+        identity = tls.identity_or_insecure(args.tls_dir, args.insecure, "agent")
+        if identity is not None and controller_trust is not None:
+            raise ValueError(
+                "--controller-tls-ca: with --tls-dir the controller is reached with it"
+            )
+    except ValueError as exc:  # TlsConfigError included
+        print(f"dualpath agent: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        agent = AgentProcess(config)
+        agent = AgentProcess(config, identity)
     except Exception as exc:
         log.error("agent failed to start", extra={"error": str(exc)})
         print(f"dualpath agent: {exc}", file=sys.stderr)
@@ -191,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
             args.engine,
             args.engine_hbm_tokens,
             tls_ca=controller_trust,
+            identity=identity,
         )
         agent.reporter.start()
     if args.ready_file:

@@ -25,6 +25,8 @@ from typing import Any, TypeAlias
 
 import grpc
 from dualpath.v1 import agent_pb2, agent_pb2_grpc, traffic_controller_pb2
+from dualpath_common import tls
+from dualpath_common.tls import CHANNEL_OPTIONS
 
 from dualpath_agent import kvgen
 from dualpath_agent.blockfile import crc32c
@@ -35,6 +37,9 @@ CHUNK = 1 << 20
 _OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.max_receive_message_length", 64 << 20),
+    # A restarted agent is reached again within a second (gRPC's default backoff grows
+    # to 120 s).
+    *CHANNEL_OPTIONS,
 ]
 
 
@@ -62,6 +67,9 @@ class LoadResult:
     local_storage_read_s: float = 0.0
     remote_storage_read_s: float = 0.0
     peer_stream_s: float = 0.0
+    # Decode-side blocks read from own storage because the decode agent failed, and why.
+    fallback_blocks: int = 0
+    fallback_reason: str = ""
 
 
 BlockLike: TypeAlias = ChainedBlock | agent_pb2.BlockRef
@@ -101,11 +109,31 @@ def expected_region(
 
 
 class AgentClient:
-    def __init__(self, endpoint: str, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, endpoint: str, timeout_s: float = 120.0, identity: tls.IdentityDir | None = None
+    ) -> None:
+        """`identity`: mutual TLS with this identity directory (the agent is verified as
+        pki.role_dns_name("agent"), see dualpath_common.tls); plaintext without."""
         self.endpoint = endpoint
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(endpoint, options=_OPTIONS)
-        self.stub = agent_pb2_grpc.AgentStub(self._channel)
+        self.identity = identity
+        self._channels = tls.RenewingChannel(
+            lambda: tls.channel(endpoint, identity=identity, server_role="agent", options=_OPTIONS),
+            identity,
+        )
+        self._stub_of: tuple[grpc.Channel, agent_pb2_grpc.AgentStub] | None = None
+
+    @property
+    def stub(self) -> agent_pb2_grpc.AgentStub:
+        """The stub of the current channel (a new one after a certificate rotation)."""
+        channel = self._channels.current()[0]
+        if self._stub_of is None or self._stub_of[0] is not channel:
+            self._stub_of = (channel, agent_pb2_grpc.AgentStub(channel))
+        return self._stub_of[1]
+
+    @property
+    def _channel(self) -> grpc.Channel:
+        return self._channels.current()[0]
 
     def __enter__(self) -> AgentClient:
         return self
@@ -114,7 +142,8 @@ class AgentClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels.all():
+            channel.close()
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
@@ -277,6 +306,8 @@ class AgentClient:
             local_storage_read_s=final.local_storage_read_s,
             remote_storage_read_s=final.remote_storage_read_s,
             peer_stream_s=final.peer_stream_s,
+            fallback_blocks=final.fallback_blocks,
+            fallback_reason=final.fallback_reason,
         )
 
     def commit(

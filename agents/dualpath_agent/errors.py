@@ -10,7 +10,7 @@ from dualpath_agent.blockfile import ChecksumMismatch
 from dualpath_agent.buffer import Cancelled, OutOfBuffer
 from dualpath_agent.core import ShuttingDown
 from dualpath_agent.store import BlockCorrupt, BlockNotFound, LayoutMismatch, StoreError, StoreFull
-from dualpath_agent.transport import TransferError
+from dualpath_agent.transport import TransferError, TransferRejected
 
 PATH_LABEL = {
     traffic_controller_pb2.ReadPath.READ_PATH_PE_READ: "pe_read",
@@ -57,6 +57,7 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         (OutOfBuffer, grpc.StatusCode.RESOURCE_EXHAUSTED),
         (LayoutMismatch, grpc.StatusCode.FAILED_PRECONDITION),
         (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+        (TransferRejected, grpc.StatusCode.INVALID_ARGUMENT),
         (TransferError, grpc.StatusCode.UNAVAILABLE),
         (Cancelled, grpc.StatusCode.CANCELLED),
         (StoreError, grpc.StatusCode.INTERNAL),

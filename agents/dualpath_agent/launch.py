@@ -1,6 +1,10 @@
 """Start and stop agent processes (tests, demo, benchmarks): each agent is a real
 `dualpath agent` subprocess; its ports are learned from its ready file; it is stopped by
-its own pid (SIGTERM, then SIGKILL after a timeout)."""
+its own pid (SIGTERM, then SIGKILL after a timeout).
+
+Security: with `tls_dir` the agent serves mutual TLS with that identity and handles'
+clients use it too; without one the launcher asks for plaintext (`--insecure`), which the
+agent only does when asked."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dualpath_common import tls
 
 from dualpath_agent.client import AgentClient
 
@@ -30,6 +36,7 @@ class AgentHandle:
     info: dict[str, Any]
     log_path: Path
     _clients: list[AgentClient] = field(default_factory=list)
+    identity: tls.IdentityDir | None = None
 
     @property
     def endpoint(self) -> str:
@@ -44,7 +51,7 @@ class AgentHandle:
         return self.process.pid
 
     def client(self, timeout_s: float = 120.0) -> AgentClient:
-        c = AgentClient(self.endpoint, timeout_s)
+        c = AgentClient(self.endpoint, timeout_s, identity=self.identity)
         self._clients.append(c)
         return c
 
@@ -86,8 +93,17 @@ def start_agent(
     buffer_bytes: str = "64MiB",
     device_bytes: str = "64MiB",
     timeout_s: float = 60.0,
+    tls_dir: Path | None = None,
 ) -> AgentHandle:
+    """`tls_dir`: serve mutual TLS with this identity directory (and use it in the handle's
+    clients); None: plaintext (`--insecure`) unless extra_args choose."""
     workdir.mkdir(parents=True, exist_ok=True)
+    if tls_dir is not None:
+        security = ["--tls-dir", str(tls_dir)]
+    elif "--tls-dir" in extra_args or "--insecure" in extra_args:
+        security = []
+    else:
+        security = ["--insecure"]
     ready = workdir / f"{node}.ready.json"
     ready.unlink(missing_ok=True)
     log_path = workdir / f"{node}.log"
@@ -108,6 +124,7 @@ def start_agent(
         device_bytes,
         "--ready-file",
         str(ready),
+        *security,
         *extra_args,
     ]
     full_env = dict(os.environ)
@@ -124,4 +141,5 @@ def start_agent(
             raise AgentStartError(f"agent {node} did not become ready:\n{tail}")
         time.sleep(0.05)
     info = json.loads(ready.read_text())
-    return AgentHandle(node, role, process, info, log_path)
+    identity = tls.IdentityDir.load(tls_dir) if tls_dir is not None else None
+    return AgentHandle(node, role, process, info, log_path, identity=identity)

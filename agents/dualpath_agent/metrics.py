@@ -150,6 +150,13 @@ class AgentMetrics:
             ["where"],
             registry=r,
         )
+        self.peer_fallbacks = Counter(
+            "dualpath_agent_peer_fallbacks",
+            "Loads whose decode-side part was read from this agent's own storage after the "
+            "decode agent failed, by read path and the peer's failure",
+            ["path", "reason"],
+            registry=r,
+        )
         self.load_seconds = Histogram(
             "dualpath_agent_load_seconds",
             "Load latency by read path",

@@ -21,8 +21,8 @@ from typing import Any
 
 import grpc
 from dualpath.v1 import traffic_controller_pb2 as tc
-from dualpath.v1 import traffic_controller_pb2_grpc as tc_grpc
 from dualpath_common import tls
+from dualpath_controller.client import ControllerClient
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class LoadReporter:
         hbm_tokens: int,
         engine_load: EngineLoadFn | None = None,
         tls_ca: str | Path | None = None,
+        identity: tls.IdentityDir | None = None,
     ) -> None:
         self.agent = agent
         self.core = agent.core
@@ -46,8 +47,9 @@ class LoadReporter:
         self.engine_ids = list(engine_ids) or [f"{self.core.config.node}/engine0"]
         self.hbm_tokens = hbm_tokens
         self.engine_load = engine_load or (lambda _id: (0, 0, hbm_tokens))
-        self._channel = tls.channel(controller, tls_ca)
-        self._stub = tc_grpc.TrafficControllerStub(self._channel)
+        # A renewed certificate is used from the next connection on (ControllerClient
+        # remakes its channel, see tls.RenewingChannel).
+        self._client = ControllerClient(controller, tls_ca=tls_ca, identity=identity)
         # Monotonic across restarts of this agent: start from the wall clock.
         self._seq = itertools.count(time.time_ns() // 1000)
         self._stop = threading.Event()
@@ -63,10 +65,10 @@ class LoadReporter:
         self._thread.join(timeout=5)
         for engine_id in self.engine_ids:
             with contextlib.suppress(grpc.RpcError):
-                self._stub.DeregisterEngine(
+                self._client.stub.DeregisterEngine(
                     tc.DeregisterEngineRequest(engine_id=engine_id), timeout=2
                 )
-        self._channel.close()
+        self._client.close()
 
     def _register(self) -> None:
         role = (
@@ -75,7 +77,7 @@ class LoadReporter:
             else tc.EngineRole.ENGINE_ROLE_DECODE
         )
         for engine_id in self.engine_ids:
-            reply = self._stub.RegisterEngine(
+            reply = self._client.stub.RegisterEngine(
                 tc.RegisterEngineRequest(
                     engine=tc.Engine(
                         engine_id=engine_id,
@@ -98,7 +100,7 @@ class LoadReporter:
         q = self.core.read_queue.snapshot()
         for engine_id in self.engine_ids:
             requests, tokens, free_hbm = self.engine_load(engine_id)
-            self._stub.ReportLoad(
+            self._client.stub.ReportLoad(
                 tc.LoadReport(
                     engine_id=engine_id,
                     report_seq=next(self._seq),

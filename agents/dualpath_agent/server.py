@@ -1,6 +1,10 @@
 """The agent process: gRPC server + metrics/health endpoint around an AgentCore, with a
 graceful stop (refuse new work, let transfers finish within the grace period, cancel the
-rest, free buffers, deregister memory)."""
+rest, free buffers, deregister memory).
+
+With an identity directory the gRPC port is mutual TLS and every call is authorized by
+the caller's role (dualpath_common.authz); peer agents are called with the same identity.
+Without one it is plaintext: the CLI allows that only with --insecure."""
 
 from __future__ import annotations
 
@@ -13,25 +17,43 @@ from typing import Any
 
 import grpc
 from dualpath.v1 import agent_pb2_grpc
+from dualpath_common import authz, grpc_input, tls
 from dualpath_common.observability import ObservabilityServer
 
 from dualpath_agent.core import AgentConfig, AgentCore
-from dualpath_agent.service import GRPC_OPTIONS, AgentService
+from dualpath_agent.service import GRPC_OPTIONS, AgentService, PeerClients
 
 log = logging.getLogger(__name__)
 
 
 class AgentProcess:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, identity: tls.IdentityDir | None = None) -> None:
         self.config = config
+        self.identity = identity
         self.core = AgentCore(config)
         self.service = AgentService(self.core)
+        # Peer calls (ServeLayers, Merge) present this agent's identity.
+        self.service.peers = PeerClients(identity)
+        self.authz_metrics = authz.AuthzMetrics(self.core.metrics.registry)
+        interceptors: list[grpc.ServerInterceptor] = []
+        if identity is not None:
+            authorizer = authz.Authorizer(identity.identity, self.authz_metrics)
+            interceptors.append(authz.AuthzInterceptor(authorizer))
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
             options=GRPC_OPTIONS,
+            interceptors=interceptors,
         )
-        agent_pb2_grpc.add_AgentServicer_to_server(self.service, self.server)  # type: ignore[no-untyped-call]
-        port = self.server.add_insecure_port(config.listen)
+        # Corrupt request bytes: INVALID_ARGUMENT, not INTERNAL with a traceback logged.
+        grpc_input.add_servicer(
+            agent_pb2_grpc.add_AgentServicer_to_server, self.service, self.server
+        )
+        if identity is None:
+            self.authz_metrics.set_mode("insecure")
+            port = self.server.add_insecure_port(config.listen)
+        else:
+            self.authz_metrics.set_mode("mtls")
+            port = self.server.add_secure_port(config.listen, identity.server_credentials())
         if not port:
             raise RuntimeError(f"cannot listen on {config.listen}")
         self.endpoint = f"{config.listen_host}:{port}"
@@ -73,6 +95,8 @@ class AgentProcess:
             "device_tier": c.device.info.tier,
             "store": str(self.config.store_dir),
             "qos_applied": c.qos_applied,
+            "tls": "mtls" if self.identity is not None else "insecure",
+            "identity": self.identity.identity.uri if self.identity is not None else None,
         }
 
     def write_ready_file(self, path: Path) -> None:

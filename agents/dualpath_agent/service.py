@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 import numpy as np
 from dualpath.v1 import agent_pb2, agent_pb2_grpc
+from dualpath_common import tls
+from dualpath_common.tls import CHANNEL_OPTIONS
 
 from dualpath_agent import kvgen
 from dualpath_agent.blockfile import ChecksumMismatch, crc32c
@@ -44,6 +46,7 @@ from dualpath_agent.store import (
 )
 from dualpath_agent.transport import Desc, LayerWrites, TransferError
 from dualpath_agent.validation import (
+    check_layer_span,
     de_block_count,
     parse_layout,
     plan_blocks,
@@ -60,27 +63,42 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    *CHANNEL_OPTIONS,  # a restarted peer is reached again within a second
 ]
 
 
 class PeerClients:
-    """gRPC stubs of peer agents, one channel per endpoint."""
+    """gRPC stubs of peer agents, one channel per endpoint; mutual TLS with `identity`.
+    A channel is made again when the identity files are rotated (tls.RenewingChannel)."""
 
-    def __init__(self) -> None:
+    def __init__(self, identity: tls.IdentityDir | None = None) -> None:
         self._lock = threading.Lock()
+        self.identity = identity
+        self._channels: dict[str, tls.RenewingChannel[grpc.Channel]] = {}
         self._stubs: dict[str, tuple[grpc.Channel, agent_pb2_grpc.AgentStub]] = {}
 
     def stub(self, endpoint: str) -> agent_pb2_grpc.AgentStub:
         with self._lock:
-            if endpoint not in self._stubs:
-                channel = grpc.insecure_channel(endpoint, options=GRPC_OPTIONS)
-                self._stubs[endpoint] = (channel, agent_pb2_grpc.AgentStub(channel))
-            return self._stubs[endpoint][1]
+            channels = self._channels.get(endpoint)
+            if channels is None:
+                channels = self._channels[endpoint] = tls.RenewingChannel(
+                    lambda: tls.channel(
+                        endpoint, identity=self.identity, server_role="agent", options=GRPC_OPTIONS
+                    ),
+                    self.identity,
+                )
+            channel = channels.current()[0]
+            cached = self._stubs.get(endpoint)
+            if cached is None or cached[0] is not channel:
+                cached = self._stubs[endpoint] = (channel, agent_pb2_grpc.AgentStub(channel))
+            return cached[1]
 
     def close(self) -> None:
         with self._lock:
-            for channel, _ in self._stubs.values():
-                channel.close()
+            for channels in self._channels.values():
+                for channel in channels.all():
+                    channel.close()
+            self._channels.clear()
             self._stubs.clear()
 
 
@@ -98,10 +116,15 @@ class LoadState:
         self.clean: dict[str, bool] = dict.fromkeys(parts, False)
         self.timing: dict[str, float] = {}
         self._on_cancel: list[Callable[[], Any]] = []
+        # The decode-side part read from own storage after the peer failed (see _load_remote).
+        self.fallback_blocks = 0
+        self.fallback_bytes = 0
+        self.fallback_reason = ""
 
     def layer_done(self, part: str, layer: int, nbytes: int) -> None:
         with self._cond:
-            self._done[part] = layer + 1
+            # A fallback re-delivers layers a failed part had already reported: never go back.
+            self._done[part] = max(self._done[part], layer + 1)
             self.bytes[part] += nbytes
             self._cond.notify_all()
 
@@ -287,6 +310,17 @@ class _GroupPoster:
                 handle.wait(1.0, None)
         self.pending.clear()
         self._release_prepared()
+
+
+def _peer_failed(exc: BaseException) -> bool:
+    """A failure of the decode agent or the path to it (refused, broken stream, timeout,
+    overload, bytes that did not verify where they landed), as opposed to an answer about
+    the request or the blocks, which reading them here would only repeat."""
+    if isinstance(exc, PeerFailed):
+        return exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    if isinstance(exc, AgentError):
+        return exc.code == grpc.StatusCode.DATA_LOSS  # landed bytes failed verification here
+    return isinstance(exc, TransferError)
 
 
 class AgentService(agent_pb2_grpc.AgentServicer):
@@ -527,8 +561,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     done=True,
                     bytes_loaded=prefix_bytes,
                     bytes_total=prefix_bytes,
-                    bytes_from_local_storage=state.bytes.get("local", 0),
-                    bytes_from_peer=state.bytes.get("remote", 0),
+                    bytes_from_local_storage=state.bytes.get("local", 0) + state.fallback_bytes,
+                    bytes_from_peer=state.bytes.get("remote", 0) - state.fallback_bytes,
                     blocks_verified=len(blocks),
                     region_address=region.address,
                     region_length=region_layout.nbytes,
@@ -540,6 +574,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     local_storage_read_s=state.timing.get("local_storage_read_s", 0.0),
                     remote_storage_read_s=state.timing.get("remote_storage_read_s", 0.0),
                     peer_stream_s=state.timing.get("peer_stream_s", 0.0),
+                    fallback_blocks=state.fallback_blocks,
+                    fallback_reason=state.fallback_reason,
                 )
             finally:
                 if not finished:
@@ -556,7 +592,13 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     else:
                         region.release()
                 elif request.release_after_load:
-                    region.release()
+                    if remote and not state.clean.get("remote"):
+                        # Fell back: the failed decode agent may still have writes in flight.
+                        core.defer_release(
+                            region, core.config.region_quarantine_s, "decode agent failed"
+                        )
+                    else:
+                        region.release()
 
     def _load_local(
         self,
@@ -566,6 +608,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         region: Region,
         region_layout: RegionLayout,
         label: str,
+        part: str = "local",
     ) -> None:
         core = self.core
         started = time.monotonic()
@@ -573,7 +616,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             with core.stage(blocks, layout, state.cancel, label) as staged:
                 # Every byte was verified in the host buffer; layer i now goes to the device
                 # tier (H2D on a GPU), the paper's layer-wise load from the PE buffer.
-                state.timing["local_storage_read_s"] = time.monotonic() - started
+                state.timing[f"{part}_storage_read_s"] = time.monotonic() - started
                 state.crcs.update(
                     {
                         b.block_hash: h.layer_crcs
@@ -588,8 +631,11 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                         core, staged, indices, layer, region.address, region_layout
                     )
                     self.metrics.bytes.labels(label, "device", "in").inc(moved)
-                    state.layer_done("local", layer, moved)
-            state.clean["local"] = True
+                    state.layer_done(part, layer, moved)
+                    if part == "remote":
+                        state.fallback_bytes += moved
+            if part == "local":
+                state.clean["local"] = True
         except BaseException as exc:
             state.fail(exc)
 
@@ -602,6 +648,65 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         region_layout: RegionLayout,
         label: str,
         request: agent_pb2.LoadRequest,
+    ) -> None:
+        """The decode-side part: the decode agent reads the blocks and writes them here. If
+        it fails (refused, broken stream, timeout, bad bytes), this agent reads those blocks
+        from its own storage instead (the store is shared), so the load still completes: a
+        dead decode node costs this node's storage bandwidth, not the request."""
+        endpoint = request.decode_agent_endpoint
+        cancels: list[Callable[[], Any]] = []
+        try:
+            self._stream_from_peer(
+                state, blocks, layout, region, region_layout, label, request, cancels
+            )
+            return
+        except Exception as exc:  # every peer failure falls back
+            failure = self._peer_error(endpoint, exc)
+        if state.cancel.is_set() or not _peer_failed(failure):
+            # The caller went away, the local part failed, or the peer answered for the
+            # data itself (NOT_FOUND, DATA_LOSS: own storage holds the same blocks).
+            state.fail(failure)
+            return
+        for cancel in cancels:
+            cancel()  # stop a live but failing peer from writing on
+        reason = getattr(getattr(failure, "code", None), "name", type(failure).__name__)
+        state.fallback_reason = f"{reason}: {failure}"[:512]
+        state.fallback_blocks = len(blocks)
+        self.metrics.peer_fallbacks.labels(label, reason).inc()
+        log.warning(
+            "decode agent failed mid-load: reading its blocks from own storage",
+            extra={
+                "request_id": request.request_id,
+                "decode_agent": endpoint,
+                "blocks": len(blocks),
+                "reason": state.fallback_reason,
+            },
+        )
+        self._load_local(state, blocks, layout, region, region_layout, label, part="remote")
+
+    @staticmethod
+    def _peer_error(endpoint: str, exc: BaseException) -> BaseException:
+        if isinstance(exc, grpc.RpcError):
+            return PeerFailed(endpoint, exc)
+        if isinstance(exc, StopIteration):
+            return TransferError(f"peer agent {endpoint} closed the stream early")
+        if isinstance(exc, ChecksumMismatch):
+            return AgentError(
+                grpc.StatusCode.DATA_LOSS,
+                f"bytes from peer agent {endpoint} failed verification: {exc}",
+            )
+        return exc
+
+    def _stream_from_peer(
+        self,
+        state: LoadState,
+        blocks: list[BlockPlan],
+        layout: BlockLayout,
+        region: Region,
+        region_layout: RegionLayout,
+        label: str,
+        request: agent_pb2.LoadRequest,
+        cancels: list[Callable[[], Any]],
     ) -> None:
         core = self.core
         endpoint = request.decode_agent_endpoint
@@ -620,61 +725,58 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             transfer_id=transfer_id,
             keep_for_merge=request.keep_for_merge,
         )
-        try:
-            call = self.peers.stub(endpoint).ServeLayers(
-                serve, timeout=core.config.transfer_timeout_s * 4
-            )
-            state.on_cancel(call.cancel)
-            stream = iter(call)
-            stream_started = time.monotonic()
-            group, groups = 0, 1
-            while group < groups:
-                # The decode agent read and verified a group of blocks; its writes follow.
-                staged = next(stream)
-                if not staged.staged or staged.group != group:
-                    raise TransferError(f"peer agent {endpoint} sent group data out of order")
-                if group == 0:
-                    stream_started = time.monotonic()
-                groups = staged.groups
-                part = self._group_blocks(blocks, staged, layout)
-                crcs = {c.block_hash: list(c.layer_crc32c) for c in staged.checksums}
-                state.crcs.update(crcs)
-                for layer in range(layout.layers):
-                    tag = f"{transfer_id}:{layer}:{group}".encode()
+        call = self.peers.stub(endpoint).ServeLayers(
+            serve, timeout=core.config.transfer_timeout_s * 4
+        )
+        cancels.append(call.cancel)
+        state.on_cancel(call.cancel)
+        # Waits for the peer's writes also end when its call does: a dead peer must not
+        # be waited for until the transfer timeout.
+        peer_gone = threading.Event()
+        state.on_cancel(peer_gone.set)
+        call.add_done_callback(
+            lambda c: peer_gone.set() if c.code() != grpc.StatusCode.OK else None
+        )
+        stream = iter(call)
+        stream_started = time.monotonic()
+        group, groups = 0, 1
+        while group < groups:
+            # The decode agent read and verified a group of blocks; its writes follow.
+            staged = next(stream)
+            if not staged.staged or staged.group != group:
+                raise TransferError(f"peer agent {endpoint} sent group data out of order")
+            if group == 0:
+                stream_started = time.monotonic()
+            groups = staged.groups
+            part = self._group_blocks(blocks, staged, layout)
+            crcs = {c.block_hash: list(c.layer_crc32c) for c in staged.checksums}
+            state.crcs.update(crcs)
+            for layer in range(layout.layers):
+                tag = f"{transfer_id}:{layer}:{group}".encode()
+                try:
                     core.peer.wait_notification(
-                        staged.agent_name, tag, core.config.transfer_timeout_s, state.cancel
+                        staged.agent_name, tag, core.config.transfer_timeout_s, peer_gone
                     )
-                    # Bytes were written by the peer: verify them where they landed.
-                    core.verify_region_layer(
-                        region.address, region_layout, layer, part, crcs, "peer"
-                    )
-                    nbytes = sum(b.tokens for b in part) * bpt
-                    self.metrics.bytes.labels(label, "peer", "in").inc(nbytes)
-                    if group == groups - 1:  # layer i of every group has landed
-                        state.timing["peer_stream_s"] = time.monotonic() - stream_started
-                        state.layer_done("remote", layer, 0)
-                    state.bytes["remote"] += nbytes
-                group += 1
-            state.timing["remote_storage_read_s"] = staged.storage_read_s
-            # The rest of the stream only reports completion and errors.
-            drainer = threading.Thread(
-                target=self._drain_serve_stream, args=(stream, state, endpoint), daemon=True
-            )
-            drainer.start()
-            drainer.join(core.config.transfer_timeout_s)
-        except grpc.RpcError as exc:
-            self._remote_failed(state, endpoint, exc)
-        except StopIteration:
-            state.fail(TransferError(f"peer agent {endpoint} closed the stream early"))
-        except ChecksumMismatch as exc:
-            state.fail(
-                AgentError(
-                    grpc.StatusCode.DATA_LOSS,
-                    f"bytes from peer agent {endpoint} failed verification: {exc}",
-                )
-            )
-        except BaseException as exc:
-            state.fail(exc)
+                except Cancelled:
+                    if state.cancel.is_set():
+                        raise
+                    raise PeerFailed(endpoint, call) from None
+                # Bytes were written by the peer: verify them where they landed.
+                core.verify_region_layer(region.address, region_layout, layer, part, crcs, "peer")
+                nbytes = sum(b.tokens for b in part) * bpt
+                self.metrics.bytes.labels(label, "peer", "in").inc(nbytes)
+                if group == groups - 1:  # layer i of every group has landed
+                    state.timing["peer_stream_s"] = time.monotonic() - stream_started
+                    state.layer_done("remote", layer, 0)
+                state.bytes["remote"] += nbytes
+            group += 1
+        state.timing["remote_storage_read_s"] = staged.storage_read_s
+        # The rest of the stream only reports completion and errors.
+        drainer = threading.Thread(
+            target=self._drain_serve_stream, args=(stream, state, endpoint), daemon=True
+        )
+        drainer.start()
+        drainer.join(core.config.transfer_timeout_s)
 
     @staticmethod
     def _group_blocks(
@@ -688,21 +790,22 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             raise TransferError("peer sent checksums that do not match the requested blocks")
         return part
 
-    def _drain_serve_stream(self, stream: Iterator[Any], state: LoadState, endpoint: str) -> None:
+    @staticmethod
+    def _drain_serve_stream(stream: Iterator[Any], state: LoadState, endpoint: str) -> None:
+        """Every byte already landed and was verified; the stream's end only says whether
+        the peer finished cleanly (else the region is quarantined before reuse)."""
         try:
             for msg in stream:
                 if msg.done:
                     state.clean["remote"] = True
         except grpc.RpcError as exc:
-            self._remote_failed(state, endpoint, exc)
-
-    @staticmethod
-    def _remote_failed(state: LoadState, endpoint: str, exc: grpc.RpcError) -> None:
-        failed = PeerFailed(endpoint, exc)
-        if failed.code != grpc.StatusCode.UNAVAILABLE:
-            # A definitive answer: the peer's handler ended (and drained its writes).
-            state.clean["remote"] = True
-        state.fail(failed)
+            failed = PeerFailed(endpoint, exc)
+            # A definitive answer means the peer's handler ended (and drained its writes).
+            state.clean["remote"] = failed.code != grpc.StatusCode.UNAVAILABLE
+            log.warning(
+                "decode agent failed after its writes landed",
+                extra={"decode_agent": endpoint, "error": str(failed)},
+            )
 
     # ----- ServeLayers (decode side) ----------------------------------------------------------
     def ServeLayers(
@@ -735,6 +838,13 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                 raise ValueError(
                     f"target_layer_stride {request.target_layer_stride} < {span} bytes"
                 )
+            check_layer_span(
+                request.target_address,
+                request.target_layer_stride,
+                layout.layers,
+                span,
+                "target_address",
+            )
             metadata = request.target_metadata
         groups = _groups(
             [layout.file_bytes(b.tokens) for b in blocks], core.config.stream_group_bytes
@@ -963,6 +1073,13 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             raise ValueError(
                 f"source_layer_stride {request.source_layer_stride} < {region_layout.layer_stride}"
             )
+        check_layer_span(
+            request.source_address,
+            request.source_layer_stride,
+            layout.layers,
+            region_layout.layer_stride,
+            "source_address",
+        )
         staged_held = core.held.pop(request.request_id, "staged")
         try:
             with core.activity() as cancel:

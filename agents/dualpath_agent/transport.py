@@ -45,6 +45,11 @@ class TransferError(Exception):
     """A transfer failed (peer gone, backend error, bad address)."""
 
 
+class TransferRejected(TransferError):
+    """The transfer names memory that is not registered (here or at the peer): the request
+    is wrong, not the peer gone. A caller's error, never a reason to drain a node."""
+
+
 class ShortFile(Exception):
     """A file is not the size its block geometry implies (truncated or foreign)."""
 
@@ -258,7 +263,7 @@ class PeerTransport(ABC):
         for pool in self.pools:
             if pool.contains(address, nbytes):
                 return pool
-        raise TransferError(f"address range 0x{address:x}+{nbytes} is not in registered memory")
+        raise TransferRejected(f"address range 0x{address:x}+{nbytes} is not in registered memory")
 
     def _check_local_rows(self, rows: np.ndarray) -> None:
         """_check_local for every row at once."""
@@ -455,7 +460,8 @@ class _NixlLayerWrites(LayerWrites):
             )
         except Exception as exc:
             self.release()
-            raise TransferError(f"NIXL WRITE to {peer} could not be prepared: {exc}") from exc
+            kind = TransferRejected if "NOT_FOUND" in str(exc) else TransferError
+            raise kind(f"NIXL WRITE to {peer} could not be prepared: {exc}") from exc
         self._indices = np.arange(layers * blocks, dtype=np.int32).reshape(layers, blocks)
 
     def post(self, layer: int, notif: bytes) -> PendingTransfer:

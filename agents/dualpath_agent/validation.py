@@ -102,3 +102,21 @@ def token_ranges_missing(total: int, covered: Sequence[tuple[int, int]]) -> list
     if cursor < total:
         gaps.append((cursor, total))
     return gaps
+
+
+# Transfer descriptors carry addresses as signed 64-bit integers (NIXL's bindings).
+MAX_ADDRESS = 2**63
+
+
+def check_layer_span(
+    address: int, layer_stride: int, layers: int, layer_bytes: int, field: str
+) -> None:
+    """A caller-given layer-major span (layer i at address + i x layer_stride, layer_bytes
+    long) must end inside the address space: beyond it the descriptor arithmetic overflows
+    (found by fuzzing: an OverflowError, answered INTERNAL)."""
+    end = address + (layers - 1) * layer_stride + layer_bytes
+    if end > MAX_ADDRESS:
+        raise ValueError(
+            f"{field} {address} + {layers - 1} x layer stride {layer_stride} + {layer_bytes}"
+            f" bytes ends past the 63-bit address space"
+        )

@@ -76,6 +76,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=24,
         help="read every Nth loaded region back and compare it byte for byte (0 = never)",
     )
+    f = parser.add_argument_group("faults")
+    f.add_argument(
+        "--chaos",
+        metavar="SPEC",
+        help="kill or restart processes during every phase, e.g. "
+        "'kill:decode-1@10s,restart:controller@20s' (ACTION kill|restart, TARGET a node's "
+        "agent or controller, seconds after the phase starts); killed processes are brought "
+        "back by the stack's supervisor. With --engines stand-in",
+    )
     o = parser.add_argument_group("output")
     o.add_argument("--json", type=Path, default=Path("out/demo/demo.json"), metavar="FILE")
     o.add_argument("--chart", type=Path, default=Path("out/demo/demo.png"), metavar="FILE")
@@ -94,6 +103,7 @@ def apply_mode_defaults(args: argparse.Namespace) -> None:
 
 
 def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from dualpath_local.chaos import parse_chaos
     from dualpath_local.driver import ComputeModel
     from dualpath_local.runner import DemoConfig
     from dualpath_local.workload import WorkloadConfig
@@ -119,7 +129,16 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         keep=args.keep,
         json_path=args.json,
         chart_path=args.chart,
+        chaos=tuple(parse_chaos(args.chaos, chaos_targets(args))) if args.chaos else (),
     )
+
+
+def chaos_targets(args: argparse.Namespace) -> list[str]:
+    return [
+        "controller",
+        *(f"prefill-{i}" for i in range(args.prefill_nodes)),
+        *(f"decode-{i}" for i in range(args.decode_nodes)),
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,6 +149,13 @@ def run(args: argparse.Namespace) -> int:
 
     apply_mode_defaults(args)
     if args.engines == "vllm":
+        if args.chaos:
+            print(
+                "dualpath demo: --chaos runs with --engines stand-in (the vLLM connector's own "
+                "failover is tested in tests/integration/test_vllm_connector.py)",
+                file=sys.stderr,
+            )
+            return 2
         return run_vllm(args)
     console = Console()
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from dualpath_common import tls
+
 LOAD_MODES = ("layerwise", "async")
 
 
@@ -25,6 +27,14 @@ class ConnectorConfig:
     # "async": vLLM parks the request until its load has landed and runs other requests
     # meanwhile (no step waits for a load; no overlap within the request).
     load_mode: str = "layerwise"
+    # Mutual TLS to the agents with this identity directory (ca.crt, tls.crt, tls.key; role
+    # engine). `insecure: true` is the explicit choice of plaintext; one of them is required.
+    tls_dir: str = ""
+    insecure: bool = False
+
+    def identity(self) -> tls.IdentityDir | None:
+        """The identity directory, read now (a new channel presents the current files)."""
+        return tls.load_identity(self.tls_dir or None)
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any] | None, default_namespace: str) -> ConnectorConfig:
@@ -41,6 +51,18 @@ class ConnectorConfig:
                 f"kv_connector_extra_config.load_mode must be one of {', '.join(LOAD_MODES)}, "
                 f"got {extra['load_mode']!r}"
             )
+        if not isinstance(extra.get("insecure", False), bool):
+            raise ValueError("kv_connector_extra_config.insecure must be true or false")
+        if bool(extra.get("tls_dir")) == bool(extra.get("insecure")):
+            raise ValueError(
+                "kv_connector_extra_config: give exactly one of tls_dir (mutual TLS identity"
+                " directory: ca.crt, tls.crt, tls.key) or insecure: true (plaintext; local tests)"
+            )
+        if extra.get("tls_dir"):
+            try:  # a bad identity fails the engine at start, naming the file
+                tls.IdentityDir.load(extra["tls_dir"])
+            except tls.TlsConfigError as exc:
+                raise ValueError(f"kv_connector_extra_config.tls_dir: {exc}") from None
         for key in ("load_timeout_s", "rpc_timeout_s"):
             if key in extra:
                 extra[key] = float(extra[key])
@@ -49,8 +71,12 @@ class ConnectorConfig:
         return cls(**extra)
 
 
-def kv_transfer_config(agent_endpoint: str, engine_id: str, **extra: Any) -> dict[str, Any]:
-    """vLLM's --kv-transfer-config for an engine whose node agent is at agent_endpoint."""
+def kv_transfer_config(
+    agent_endpoint: str, engine_id: str, tls_dir: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """vLLM's --kv-transfer-config for an engine whose node agent is at agent_endpoint: mutual
+    TLS with `tls_dir`, else plaintext (`insecure: true`, what local launchers use)."""
+    security: dict[str, Any] = {"tls_dir": tls_dir} if tls_dir else {"insecure": True}
     return {
         "kv_connector": "DualPathConnector",
         "kv_connector_module_path": "dualpath_vllm.connector",
@@ -60,6 +86,7 @@ def kv_transfer_config(agent_endpoint: str, engine_id: str, **extra: Any) -> dic
         "kv_connector_extra_config": {
             "agent_endpoint": agent_endpoint,
             "engine_id": engine_id,
+            **security,
             **extra,
         },
     }

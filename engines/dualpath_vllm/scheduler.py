@@ -36,6 +36,9 @@ class TrackedRequest:
 
     request: Any  # vllm.v1.request.Request: token ids grow as it decodes
     params: DualPathParams
+    # Root of the request's hash chain: the model's namespace and the request's cache_salt
+    # (tenants with different salts share no block).
+    root: bytes
     block_ids: list[int] = field(default_factory=list)
     # Leading blocks known to be in the store (loaded, or saved by this engine).
     stored_blocks: int = 0
@@ -57,7 +60,9 @@ class DualPathScheduler:
         self.config = config
         self.block_size = block_size
         self.root = root_hash(config.hash_namespace)
-        self.agent = AgentClient(config.agent_endpoint, timeout_s=config.rpc_timeout_s)
+        self.agent = AgentClient(
+            config.agent_endpoint, timeout_s=config.rpc_timeout_s, identity=config.identity()
+        )
         self._plans: dict[str, LoadPlan] = {}
         self._loads: list[LoadJob] = []
         self._tracked: dict[str, TrackedRequest] = {}
@@ -65,8 +70,14 @@ class DualPathScheduler:
         self.stats = DualPathStats()
 
     # ----- matching ---------------------------------------------------------------------
-    def chain(self, token_ids: list[int]) -> list[ChainedBlock]:
-        return block_chain(token_ids, self.block_size, parent=self.root)
+    def root_for(self, request: Any) -> bytes:
+        """The chain root of `request`: salted by its cache_salt (vLLM's per-request field,
+        also what salts vLLM's own prefix cache), the namespace's plain root without one."""
+        salt = getattr(request, "cache_salt", None)
+        return root_hash(self.config.hash_namespace, salt) if salt else self.root
+
+    def chain(self, token_ids: list[int], root: bytes | None = None) -> list[ChainedBlock]:
+        return block_chain(token_ids, self.block_size, parent=self.root if root is None else root)
 
     def get_num_new_matched_tokens(
         self, request: Any, num_computed_tokens: int
@@ -74,11 +85,16 @@ class DualPathScheduler:
         params = self._params(request)
         tracked = self._tracked.setdefault(
             request.request_id,
-            TrackedRequest(request, params, save_endpoint=self._save_endpoint(params)),
+            TrackedRequest(
+                request,
+                params,
+                root=self.root_for(request),
+                save_endpoint=self._save_endpoint(params),
+            ),
         )
         prompt = list(request.prompt_token_ids or [])
         # The last prompt token is always computed: its logits give the first new token.
-        chain = self.chain(prompt[: len(prompt) - 1])
+        chain = self.chain(prompt[: len(prompt) - 1], tracked.root)
         if not chain or tracked.load_attempts >= MAX_LOAD_ATTEMPTS:
             return 0, False
         try:
@@ -165,7 +181,7 @@ class DualPathScheduler:
         if full <= tracked.stored_blocks:
             return
         tokens = list(tracked.request.all_token_ids[: full * self.block_size])
-        chain = self.chain(tokens)
+        chain = self.chain(tokens, tracked.root)
         start = tracked.stored_blocks
         meta.saves.append(
             SaveJob(

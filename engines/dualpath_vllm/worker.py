@@ -271,7 +271,9 @@ class DualPathWorker:
     def _client(self, endpoint: str) -> AgentClient:
         client = self._clients.get(endpoint)
         if client is None:
-            client = self._clients[endpoint] = AgentClient(endpoint, self.config.rpc_timeout_s)
+            client = self._clients[endpoint] = AgentClient(
+                endpoint, self.config.rpc_timeout_s, identity=self.config.identity()
+            )
         return client
 
     def close(self) -> None:

@@ -131,3 +131,38 @@ def verification_lines(results: Sequence[PhaseResult]) -> list[str]:
             + (f", ERRORS: {len(r.errors)} (first: {r.errors[0]})" if r.errors else "")
         )
     return lines
+
+
+def fault_lines(results: Sequence[PhaseResult]) -> list[str]:
+    """What faults cost each phase that had any: failed turns (the target is 0), fallbacks,
+    retries, restarts, and per chaos event the dip and the recovery."""
+    lines = []
+    for r in results:
+        if not (r.retries or r.fallbacks or r.restarts or r.chaos or r.errors):
+            continue
+        lines.append(
+            f"{r.policy} faults: {len(r.errors)} turns failed, {r.fallbacks} loads fell back to "
+            f"the prefill node's own storage, {r.retries} turn attempts played again, "
+            f"{r.failures_reported} agent failures reported to the controller, {r.restarts} "
+            "processes restarted by the supervisor"
+        )
+        for c in r.chaos:
+            down = c.get("down_s")
+            dip = c.get("dip_share")
+            back = c.get("recovery_s")
+            lines.append(
+                f"  {c['event']} at {c['applied_s']:.1f} s: "
+                + (f"down {down:.1f} s" if isinstance(down, float) else "not back in the phase")
+                + (
+                    f", throughput dipped to {dip:.0%} of the phase's"
+                    if isinstance(dip, float)
+                    else ""
+                )
+                + (
+                    f", recovered {back:.1f} s after the event"
+                    if isinstance(back, float)
+                    else ", not recovered within the phase"
+                )
+                + (f", error: {c['error']}" if c.get("error") else "")
+            )
+    return lines

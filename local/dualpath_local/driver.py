@@ -14,6 +14,12 @@ all trajectories at once (offline, as the paper's job-completion-time runs). A t
    nodes' stores too (the shared store makes them visible everywhere).
 5. Decode for the modelled time; the blocks its output completes are persisted.
 6. Release the decode agent's buffers and Complete the request at the controller.
+
+Failures cost throughput, never turns. A decode agent that fails under a Load is replaced by
+the prefill agent's own storage read (the agent falls back by itself); the driver tells the
+controller, which stops assigning that node. Any other transient failure (an agent or the
+controller down or restarting) abandons the attempt, reports the agents that no longer
+answer, and plays the turn again under a new request id, up to MAX_ATTEMPTS.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+from dualpath.v1 import agent_pb2
 from dualpath_agent.blockhash import ChainedBlock
 from dualpath_agent.client import AgentClient, ReadPath, expected_region
 from dualpath_agent.layout import BlockLayout
@@ -44,6 +51,23 @@ from dualpath_local.workload import (
 )
 
 log = logging.getLogger("dualpath.local")
+
+# Failures worth another attempt: an agent or the controller down, restarting, or
+# restarted and missing what the attempt had booked. Anything else is a bug to surface.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ABORTED,
+    }
+)
+MAX_ATTEMPTS = 8
+# A health probe of an agent after a failed attempt: enough for a live one on loopback.
+PROBE_TIMEOUT_S = 1.0
 
 PATH_NAMES = {
     ReadPath.PE_READ: "pe_read",
@@ -90,6 +114,10 @@ class TurnRecord:
     turn_s: float = 0.0
     spot_checked: bool = False
     spot_check_ok: bool = True
+    # Attempts this turn took (1 = no retry), and decode-side blocks the prefill agent read
+    # itself because the decode agent failed.
+    attempts: int = 1
+    fallback_blocks: int = 0
 
 
 @dataclass
@@ -100,6 +128,11 @@ class PhaseRun:
     records: list[TurnRecord] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     placement_mismatches: int = 0
+    # Attempts abandoned and played again; loads that fell back to the prefill agent's own
+    # storage; agent failures reported to the controller.
+    retries: int = 0
+    fallbacks: int = 0
+    failures_reported: int = 0
     spot_checks: int = 0
     spot_check_failures: int = 0
     started: float = 0.0
@@ -134,6 +167,8 @@ class Cluster:
     book: EngineBook
     gpus: dict[str, Gpu]
     links: StoreLinks
+    # Tells the controller an agent failed (its endpoint, why); None: nobody to tell.
+    report_agent_failure: Callable[[str, str], object] | None = None
 
 
 class PhaseDriver:
@@ -193,36 +228,85 @@ class PhaseDriver:
     def _play_trajectory(self, plan: TrajectoryPlan) -> None:
         context = Context.initial(plan, self.workload.config.seed, self.phase_tag)
         for turn in plan.turns:
-            if self.stop.is_set():
-                return
-            try:
-                self._play_turn(plan, context, turn)
-            except Exception as exc:
-                message = f"{plan.session_id} turn {turn.index}: {_describe(exc)}"
-                log.error("turn failed", extra={"error": message})
-                with self.run.lock:
-                    self.run.errors.append(message)
-                self.stop.set()  # a failed phase is not measured: stop it
-                return
+            for attempt in itertools.count(1):
+                if self.stop.is_set():
+                    return
+                try:
+                    self._play_turn(plan, context, turn, attempt)
+                    break
+                except Exception as exc:
+                    if attempt < MAX_ATTEMPTS and _retryable(exc):
+                        self._before_retry(plan, turn, attempt, exc)
+                        continue
+                    message = f"{plan.session_id} turn {turn.index}: {_describe(exc)}"
+                    log.error("turn failed", extra={"error": message, "attempts": attempt})
+                    with self.run.lock:
+                        self.run.errors.append(message)
+                    self.stop.set()  # a failed phase is not measured: stop it
+                    return
+
+    def _before_retry(
+        self, plan: TrajectoryPlan, turn: Turn, attempt: int, exc: BaseException
+    ) -> None:
+        """Report the agents that no longer answer, then back off before the next attempt."""
+        with self.run.lock:
+            self.run.retries += 1
+        dead = [node for node, agent in self.cluster.agents.items() if not _answers(agent)]
+        for node in dead:
+            self._report_failure(node, f"no answer after a failed turn: {_describe(exc)}")
+        log.warning(
+            "turn attempt failed: playing it again",
+            extra={
+                "session": plan.session_id,
+                "turn": turn.index,
+                "attempt": attempt,
+                "error": _describe(exc),
+                "agents_not_answering": dead,
+            },
+        )
+        self.stop.wait(min(2.0, 0.1 * 2**attempt))
+
+    def _report_failure(self, node: str, reason: str) -> None:
+        report = self.cluster.report_agent_failure
+        if report is None:
+            return
+        try:
+            report(self.cluster.endpoints[node], reason)
+        except grpc.RpcError as exc:  # the controller may be down too: liveness covers it
+            log.info("agent failure not reported", extra={"node": node, "error": _describe(exc)})
+            return
+        with self.run.lock:
+            self.run.failures_reported += 1
 
     # ----- one turn ------------------------------------------------------------------------
     def _lookup(self, chain: list[ChainedBlock]) -> int:
         """Leading blocks every node's store holds (what any read path can read)."""
         if not chain:
             return 0
-        counts = [client.lookup(chain)[0] for client in self.cluster.agents.values()]
+        counts = []
+        for client in self.cluster.agents.values():
+            try:
+                counts.append(client.lookup(chain)[0])
+            except grpc.RpcError:
+                continue  # a node down: what the others hold is what can be read
+        if not counts:
+            raise NoAgentAnswered("no agent answered the prefix lookup")
         if len(set(counts)) > 1:
             with self.run.lock:
                 self.run.placement_mismatches += 1
         return min(counts)
 
-    def _play_turn(self, plan: TrajectoryPlan, context: Context, turn: Turn) -> None:
+    def _play_turn(
+        self, plan: TrajectoryPlan, context: Context, turn: Turn, attempt: int = 1
+    ) -> None:
         c = self.cluster
         started = time.monotonic()
         prompt = context.prompt(turn)
         stored = self._lookup(plan_turn_blocks(prompt, self.layout.block_tokens, 0).chain)
         blocks = plan_turn_blocks(prompt, self.layout.block_tokens, stored)
         request_id = f"{self.phase_tag}-{plan.session_id}-t{turn.index}"
+        if attempt > 1:  # a new request: the first attempt's bookings may linger
+            request_id += f"-a{attempt}"
         a = c.controller.schedule(
             request_id,
             total_tokens=turn.prompt_tokens,
@@ -249,6 +333,7 @@ class PhaseDriver:
             cached_tokens=blocks.cached_tokens,
             missed_tokens=blocks.missed_tokens,
             blocks_expected=len(blocks.cached),
+            attempts=attempt,
         )
         try:
             self._prefill(step, record, blocks, ReadPath(a.read_path), a.de_read_fraction)
@@ -262,7 +347,8 @@ class PhaseDriver:
                 step.de_node,
             )
             c.agents[step.de_node].release(request_id)
-            c.controller.complete(request_id)
+            # A controller restarted meanwhile no longer knows the request: nothing to free.
+            c.controller.complete(request_id, missing_ok=True)
             c.book.remove(step.de, context_tokens, hbm_tokens=context_tokens)
             step.de_done = True
         finally:
@@ -313,6 +399,11 @@ class PhaseDriver:
         record.bytes_from_local_storage = loaded.bytes_from_local_storage
         record.bytes_from_peer = loaded.bytes_from_peer
         record.blocks_verified = loaded.blocks_verified
+        if loaded.fallback_blocks:
+            record.fallback_blocks = loaded.fallback_blocks
+            with self.run.lock:
+                self.run.fallbacks += 1
+            self._report_failure(step.de_node, loaded.fallback_reason)
         self._maybe_spot_check(step, record, blocks.cached)
         commit = c.agents[step.pe_node].commit(
             step.request_id,
@@ -321,7 +412,7 @@ class PhaseDriver:
             decode_endpoint=c.endpoints[step.de_node],
         )
         if commit.persist_error:
-            raise RuntimeError(f"persist failed on {step.de_node}: {commit.persist_error}")
+            raise PersistFailed(f"persist failed on {step.de_node}: {commit.persist_error}")
         record.blocks_persisted = commit.blocks_persisted + commit.blocks_already_present
         # The decode node persisted them; the shared store makes them visible everywhere.
         self._persist(blocks.new_blocks, step.de_node, already_on_first=True)
@@ -385,6 +476,28 @@ def _quietly(call: Callable[[], object]) -> None:
         call()
     except (grpc.RpcError, ValueError) as exc:
         log.debug("cleanup call failed", extra={"error": str(exc)})
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return exc.code() in RETRYABLE
+    return isinstance(exc, (NoAgentAnswered, PersistFailed))
+
+
+def _answers(agent: AgentClient) -> bool:
+    try:
+        agent.stub.Health(agent_pb2.HealthRequest(), timeout=PROBE_TIMEOUT_S)
+    except grpc.RpcError:
+        return False
+    return True
+
+
+class NoAgentAnswered(RuntimeError):
+    """No node's agent answered a prefix lookup (all down or restarting)."""
+
+
+class PersistFailed(RuntimeError):
+    """The decode agent could not persist the prompt's new blocks (Commit's persist step)."""
 
 
 def _describe(exc: BaseException) -> str:

@@ -22,11 +22,28 @@ import grpc
 from dualpath.v1 import agent_pb2
 from dualpath.v1 import traffic_controller_pb2 as tc
 from dualpath_agent.client import AgentClient
-from dualpath_controller.client import ControllerClient, EngineLoad, EngineReporter
+from dualpath_common import tls
+from dualpath_controller.client import ControllerClient, EngineDown, EngineLoad, EngineReporter
 
 from dualpath_local.stack import NodeSpec
 
 log = logging.getLogger("dualpath.local")
+
+# A Stat poll of a live agent on loopback answers in milliseconds; a hung one must not
+# stall the monitor.
+STAT_TIMEOUT_S = 1.0
+# An engine whose node's agent has not answered for this long is not reported (the
+# controller drains it after its liveness timeout, sooner when a turn reports the agent).
+AGENT_SILENT_S = 1.0
+
+
+@dataclass(frozen=True)
+class NodeCounters:
+    """What an agent's Stat counts (cumulative since it started)."""
+
+    storage_bytes_read: int
+    storage_reads: int
+    checksum_failures: int
 
 
 @dataclass
@@ -43,6 +60,9 @@ class NodeMonitor:
         self.interval_s = interval_s
         self._lock = threading.Lock()
         self._latest: dict[str, agent_pb2.StatResponse] = {}
+        self._answered: dict[str, float] = {}
+        # Counters of agents' earlier lives (before a restart reset them), per node.
+        self._carried: dict[str, NodeCounters] = {}
         self.samples: list[Sample] = []
         self.errors = 0
         self._stop = threading.Event()
@@ -61,20 +81,54 @@ class NodeMonitor:
         fresh: dict[str, agent_pb2.StatResponse] = {}
         for node, client in self.clients.items():
             try:
-                fresh[node] = client.stat()
+                fresh[node] = client.stub.Stat(agent_pb2.StatRequest(), timeout=STAT_TIMEOUT_S)
             except grpc.RpcError:
                 self.errors += 1
         now = time.monotonic()
         with self._lock:
+            for node, stat in fresh.items():
+                previous = self._latest.get(node)
+                if previous is not None and stat.storage_bytes_read < previous.storage_bytes_read:
+                    # The agent restarted and its counters start over: carry what the last
+                    # life counted, so totals keep rising.
+                    carried = self._carried.get(node, NodeCounters(0, 0, 0))
+                    self._carried[node] = NodeCounters(
+                        carried.storage_bytes_read + previous.storage_bytes_read,
+                        carried.storage_reads + previous.storage_reads_completed,
+                        carried.checksum_failures + previous.checksum_failures,
+                    )
+                self._answered[node] = now
             self._latest.update(fresh)
             self.samples.append(
-                Sample(now, {n: s.storage_bytes_read for n, s in self._latest.items()})
+                Sample(now, {n: self._counters(n).storage_bytes_read for n in self._latest})
             )
         return fresh
+
+    def _counters(self, node: str) -> NodeCounters:
+        stat = self._latest[node]
+        carried = self._carried.get(node, NodeCounters(0, 0, 0))
+        return NodeCounters(
+            carried.storage_bytes_read + stat.storage_bytes_read,
+            carried.storage_reads + stat.storage_reads_completed,
+            carried.checksum_failures + stat.checksum_failures,
+        )
+
+    def counters(self) -> dict[str, NodeCounters]:
+        """Every node's cumulative counters across agent restarts, polled now (a node whose
+        agent does not answer keeps its last values)."""
+        self.poll_once()
+        with self._lock:
+            return {node: self._counters(node) for node in self._latest}
 
     def latest(self, node: str) -> agent_pb2.StatResponse | None:
         with self._lock:
             return self._latest.get(node)
+
+    def answering(self, node: str, within_s: float) -> bool:
+        """Whether the node's agent answered a Stat in the last `within_s` seconds."""
+        with self._lock:
+            answered = self._answered.get(node)
+        return answered is not None and time.monotonic() - answered <= within_s
 
     def rate(self, node: str, window_s: float = 1.0) -> float:
         """Bytes/s read from storage by `node` over the last `window_s` seconds."""
@@ -165,9 +219,10 @@ class EngineReporters:
     tokens_per_queued_byte: float
     reporters: list[EngineReporter] = field(default_factory=list)
     client: ControllerClient | None = None
+    identity: tls.IdentityDir | None = None  # mutual TLS to the controller
 
     def start(self) -> None:
-        self.client = ControllerClient(self.target)
+        self.client = ControllerClient(self.target, identity=self.identity)
         self.client.wait_ready(30)
         for spec in self.nodes:
             role = (
@@ -189,6 +244,8 @@ class EngineReporters:
 
     def _load_fn(self, spec: NodeSpec) -> Callable[[], EngineLoad]:
         def load() -> EngineLoad:
+            if not self.monitor.answering(spec.name, AGENT_SILENT_S):
+                raise EngineDown(f"agent {spec.name} does not answer")
             requests, tokens, free_hbm = self.book.load(spec.engine_id)
             stat = self.monitor.latest(spec.name)
             queue_bytes = stat.read_queue_bytes if stat is not None else 0

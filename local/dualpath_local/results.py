@@ -9,17 +9,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dualpath_local.driver import PhaseRun, TurnRecord
+from dualpath_local.engines import NodeCounters
 
 BASELINE = "prefill-only"
-
-
-@dataclass(frozen=True)
-class NodeCounters:
-    """What an agent's Stat counts (cumulative since it started)."""
-
-    storage_bytes_read: int
-    storage_reads: int
-    checksum_failures: int
 
 
 @dataclass(frozen=True)
@@ -62,6 +54,15 @@ class PhaseResult:
     loadavg_1m: float = 0.0
     # (seconds since the phase started, bytes/s read from storage by all nodes together)
     timeline: list[tuple[float, float]] = field(default_factory=list)
+    # Faults survived: turn attempts played again, loads whose decode-side part the
+    # prefill agent read itself, agent failures told to the controller, processes the
+    # supervisor started again, and per chaos event when it hit, how long the process was
+    # down, the throughput dip and the time to recover.
+    retries: int = 0
+    fallbacks: int = 0
+    failures_reported: int = 0
+    restarts: int = 0
+    chaos: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -149,6 +150,9 @@ def summarize_phase(
         load_s_p90=percentile([r.load_s for r in records], 0.9),
         errors=list(run.errors),
         timeline=timeline,
+        retries=run.retries,
+        fallbacks=run.fallbacks,
+        failures_reported=run.failures_reported,
     )
 
 

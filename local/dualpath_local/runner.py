@@ -31,10 +31,18 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from dualpath_local.chaos import ChaosEvent, ChaosRun, recovery
 from dualpath_local.chart import write_chart
-from dualpath_local.display import NodeLive, live_view, results_table, verification_lines
+from dualpath_local.display import (
+    NodeLive,
+    fault_lines,
+    live_view,
+    results_table,
+    verification_lines,
+)
 from dualpath_local.driver import Cluster, ComputeModel, PhaseDriver
 from dualpath_local.engines import EngineBook, EngineReporters, Gpu, NodeMonitor
+from dualpath_local.identities import LocalIdentities
 from dualpath_local.results import (
     NodeCounters,
     PhaseResult,
@@ -45,6 +53,7 @@ from dualpath_local.results import (
     summarize_phase,
 )
 from dualpath_local.stack import LocalStack, NodeSpec, StoreLinks, node_specs, pid_alive
+from dualpath_local.supervisor import Supervisor
 from dualpath_local.workload import Workload, WorkloadConfig, build_workload, stored_prefix_blocks
 
 log = logging.getLogger("dualpath.local")
@@ -71,6 +80,8 @@ class DemoConfig:
     up_policy: str = "dualpath-split"
     json_path: Path | None = Path("out/demo/demo.json")
     chart_path: Path | None = Path("out/demo/demo.png")
+    # Kills and restarts applied during every phase (dualpath_local.chaos).
+    chaos: tuple[ChaosEvent, ...] = ()
 
     @property
     def snic_read_bytes_per_s(self) -> float:
@@ -197,6 +208,7 @@ class Demo:
         self.book = EngineBook(self.hbm_tokens)
         self.gpus = {n.engine_id: Gpu() for n in self.nodes}
         self.links: StoreLinks | None = None
+        self.supervisor: Supervisor | None = None
         self._own_workdir = False
 
     # ----- setup ------------------------------------------------------------------------------
@@ -211,13 +223,21 @@ class Demo:
         workdir = self._workdir()
         _log_to_file(workdir / "demo.log")
         log.info("demo starting", extra={"workdir": str(workdir), "pid": os.getpid()})
-        self.stack = LocalStack(workdir, self.nodes)
+        # Mutual TLS as in a cluster, with a throwaway CA in the workdir.
+        self.stack = LocalStack(
+            workdir, self.nodes, identities=LocalIdentities.create(workdir / "pki")
+        )
         with self.console.status(
             f"starting {len(self.nodes)} agents ({self.config.prefill_nodes} prefill, "
             f"{self.config.decode_nodes} decode) under {workdir} ..."
         ):
             self.stack.start_agents(self.config.transport)
-        self.clients = {n.name: AgentClient(self.stack.endpoint(n.name), 60.0) for n in self.nodes}
+        self.supervisor = Supervisor(self.stack).start()
+        identity = self.stack.client_identity()
+        self.clients = {
+            n.name: AgentClient(self.stack.endpoint(n.name), 60.0, identity=identity)
+            for n in self.nodes
+        }
         self.monitor = NodeMonitor(self.clients).start()
         self.links = self.stack.store_links()
         self._seed()
@@ -309,13 +329,8 @@ class Demo:
         return {}
 
     def counters(self) -> dict[str, NodeCounters]:
-        out = {}
-        for node, client in self.clients.items():
-            s = client.stat()
-            out[node] = NodeCounters(
-                s.storage_bytes_read, s.storage_reads_completed, s.checksum_failures
-            )
-        return out
+        assert self.monitor is not None
+        return self.monitor.counters()
 
     def start_controller(self, policy: str, tag: str) -> str:
         assert self.stack is not None and self.monitor is not None
@@ -331,17 +346,20 @@ class Demo:
             endpoints={n: c.endpoint for n, c in self.clients.items()},
             tokens_per_queued_byte=self.layout.block_tokens
             / self.layout.file_bytes(self.layout.block_tokens),
+            identity=self.stack.client_identity(),
         )
         self.reporters.start()
         return target
 
     def run_phase(self, index: int, policy: str) -> PhaseResult:
-        assert self.monitor is not None and self.links is not None
+        assert self.monitor is not None and self.links is not None and self.stack is not None
         tag = f"p{index}-{policy}"
         target = self.start_controller(policy, tag)
         # The engines' frontend schedules over a Session stream (pipelined, batched), the
         # API a production frontend uses; its calls mirror ControllerClient's.
-        controller = ControllerSession(target, timeout_s=30.0)
+        controller = ControllerSession(
+            target, timeout_s=30.0, identity=self.stack.client_identity()
+        )
         cluster = Cluster(
             controller=controller,
             agents=self.clients,
@@ -350,6 +368,7 @@ class Demo:
             book=self.book,
             gpus=self.gpus,
             links=self.links,
+            report_agent_failure=self._report_agent_failure,
         )
         driver = PhaseDriver(
             self.workload,
@@ -360,6 +379,8 @@ class Demo:
             self.config.spot_check_every,
         )
         before = self.counters()
+        restarts_before = len(self.supervisor.restarts) if self.supervisor else 0
+        chaos: ChaosRun | None = None
         cpu_before = self._cpu_seconds()
         log.info("phase started", extra={"policy": policy, "controller": target})
         total = self.workload.turns_total
@@ -381,10 +402,14 @@ class Demo:
                         )
                     )
 
-                run = driver.wait(driver.start(), tick)
+                threads = driver.start()
+                if self.config.chaos:
+                    chaos = ChaosRun(self.config.chaos, self.stack).start(driver.run.started)
+                run = driver.wait(threads, tick)
             if not self.console.is_terminal:
                 self.console.print()  # a terminal ends the live view's line itself
         finally:
+            applied = chaos.stop() if chaos is not None else []
             controller.close()
         after = self.counters()
         cpu_s = self._cpu_seconds() - cpu_before
@@ -397,6 +422,18 @@ class Demo:
         result = summarize_phase(run, total, nodes, rate_timeline(samples, run.started))
         result.stack_cpu_cores = cpu_s / result.wall_s
         result.loadavg_1m = os.getloadavg()[0]
+        result.restarts = (
+            len(self.supervisor.restarts) if self.supervisor else 0
+        ) - restarts_before
+        completions = [r.started_s + r.turn_s for r in run.records]
+        result.chaos = [
+            {
+                **a.as_json(),
+                **recovery(completions, a.applied_s, result.wall_s).as_json(),
+            }
+            for a in applied
+            if a.applied_s is not None
+        ]
         log.info(
             "phase finished",
             extra={
@@ -407,6 +444,11 @@ class Demo:
             },
         )
         return result
+
+    def _report_agent_failure(self, agent_endpoint: str, reason: str) -> object:
+        if self.reporters is None or self.reporters.client is None:
+            return None
+        return self.reporters.client.report_agent_failure(agent_endpoint, reason)
 
     def _live_nodes(self, caps: dict[str, float]) -> list[NodeLive]:
         assert self.monitor is not None
@@ -469,6 +511,13 @@ class Demo:
                 f"{node:<11} gRPC {handle.endpoint}   metrics http://{handle.metrics_address}"
                 f"/metrics   store {self.stack.store_dir(node)}   pid {handle.pid}"
             )
+        ids = self.stack.identities
+        if ids is not None:
+            driver = ids.directory("engine", "driver")
+            lines.append(
+                f"mTLS        CA {ids.root / 'ca.crt'}   engine-role identity {driver}"
+                "   (every gRPC port requires a client certificate of this CA)"
+            )
         lines.append(f"logs        {self.stack.workdir}")
         return "\n".join(lines)
 
@@ -478,6 +527,8 @@ class Demo:
     def close(self, keep_files: bool = False) -> None:
         """Stop everything; the temporary workdir is removed unless `keep_files` (a failed
         run keeps its logs)."""
+        if self.supervisor is not None:
+            self.supervisor.stop()  # what close() stops must stay stopped
         if self.reporters is not None:
             with contextlib.suppress(Exception):
                 self.reporters.stop()
@@ -657,7 +708,7 @@ def _report(result: DemoResult, console: Console, title: str) -> None:
     config = result.config
     if result.phases:
         console.print(results_table(result.phases, "Results", console.width))
-        for line in verification_lines(result.phases):
+        for line in verification_lines(result.phases) + fault_lines(result.phases):
             console.print("  " + line)
     for leak in result.leaks:
         console.print(f"[red]leak: {leak}[/red]")

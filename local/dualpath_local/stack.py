@@ -19,7 +19,10 @@ from pathlib import Path
 
 from dualpath_agent.launch import AgentHandle, start_agent
 from dualpath_agent.store import BlockStore
+from dualpath_common import tls
 from dualpath_controller.process import ControllerProcess
+
+from dualpath_local.identities import LocalIdentities
 
 log = logging.getLogger("dualpath.local")
 
@@ -98,11 +101,27 @@ class LocalStack:
     nodes: list[NodeSpec]
     agents: dict[str, AgentHandle] = field(default_factory=dict)
     controller: ControllerProcess | None = None
+    transport: str = "auto"
+    # Held while a process is (re)started or killed, so the supervisor never races a
+    # planned restart.
+    lifecycle: threading.RLock = field(default_factory=threading.RLock)
+    # (policy, params, tag) of the running controller: a restart starts the same one.
+    _controller_launch: tuple[str, dict[str, object], str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _controller_exit: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     # Every process this stack started, in order: (name, pid). Kept after they stop, so a
     # caller can check that none is left.
     started: list[tuple[str, int]] = field(default_factory=list)
+    # Mutual TLS for every process (a throwaway CA in the workdir); None: plaintext.
+    identities: LocalIdentities | None = None
+
+    def _tls_dir(self, role: str, name: str) -> Path | None:
+        return None if self.identities is None else self.identities.directory(role, name)
+
+    def client_identity(self, name: str = "driver") -> tls.IdentityDir | None:
+        """The identity the demo's driver calls agents and the controller with: it stands
+        in for the engines, so it has the engine role."""
+        return None if self.identities is None else self.identities.identity("engine", name)
 
     # ----- agents ------------------------------------------------------------------------
     def store_dir(self, node: str) -> Path:
@@ -110,31 +129,12 @@ class LocalStack:
 
     def start_agents(self, transport: str = "auto") -> None:
         """Start every node's agent, in parallel (each one imports NIXL: ~1-3 s)."""
+        self.transport = transport
         errors: list[BaseException] = []
 
         def start(spec: NodeSpec) -> None:
             try:
-                handle = start_agent(
-                    spec.name,
-                    spec.role,
-                    self.store_dir(spec.name),
-                    self.workdir / "agents",
-                    extra_args=[
-                        "--snic-read-gbps",
-                        f"{spec.snic_read_bytes_per_s * 8 / 1e9:.6f}",
-                        "--transport",
-                        transport,
-                        "--grace-seconds",
-                        "3",
-                        "--hold-seconds",
-                        "300",
-                        "--log-level",
-                        "WARNING",
-                    ],
-                    buffer_bytes=str(spec.buffer_bytes),
-                    device_bytes=str(spec.device_bytes),
-                    timeout_s=90.0,
-                )
+                handle = self._launch_agent(spec)
             except BaseException as exc:
                 errors.append(exc)
                 return
@@ -159,6 +159,77 @@ class LocalStack:
         if errors:
             raise errors[0]
 
+    def _launch_agent(self, spec: NodeSpec, listen: str = "127.0.0.1:0") -> AgentHandle:
+        return start_agent(
+            spec.name,
+            spec.role,
+            self.store_dir(spec.name),
+            self.workdir / "agents",
+            extra_args=[
+                "--listen",
+                listen,
+                "--snic-read-gbps",
+                f"{spec.snic_read_bytes_per_s * 8 / 1e9:.6f}",
+                "--transport",
+                self.transport,
+                "--grace-seconds",
+                "3",
+                "--hold-seconds",
+                "300",
+                "--log-level",
+                "WARNING",
+            ],
+            buffer_bytes=str(spec.buffer_bytes),
+            device_bytes=str(spec.device_bytes),
+            timeout_s=90.0,
+            tls_dir=self._tls_dir("agent", f"agent-{spec.name}"),
+        )
+
+    def relaunch_agent(self, node: str, graceful: bool = False) -> AgentHandle:
+        """Start a node's agent again on the same port (its clients reconnect), after
+        stopping the old process (gracefully, or SIGKILL if it still runs). The new agent
+        rebuilds its block index from the store directory."""
+        spec = next(n for n in self.nodes if n.name == node)
+        with self.lifecycle:
+            old = self.agents[node]
+            if graceful:
+                _stop_agent(old)
+            else:
+                old.kill()
+            handle = self._launch_agent(spec, listen=old.endpoint)
+            with self._lock:
+                self.agents[node] = handle
+                self.started.append((f"agent {node}", handle.pid))
+            self.write_state()
+        log.warning("agent started again", extra={"node": node, "pid": handle.pid})
+        return handle
+
+    # ----- chaos (dualpath_local.chaos.ChaosTarget) ----------------------------------------
+    def kill(self, target: str) -> None:
+        """SIGKILL a node's agent or the controller; the supervisor brings it back."""
+        with self.lifecycle:
+            if target == "controller":
+                if self.controller is not None:
+                    self.controller.kill()
+            else:
+                self.agents[target].kill()
+
+    def restart(self, target: str) -> None:
+        """Stop gracefully and start again at once, on the same port."""
+        if target == "controller":
+            self.relaunch_controller(graceful=True)
+        else:
+            self.relaunch_agent(target, graceful=True)
+
+    def serving(self, target: str) -> bool:
+        """Whether the target's current process runs (a (re)start returns once it serves)."""
+        with self.lifecycle:
+            if target == "controller":
+                c = self.controller
+                return c is not None and c.proc is not None and c.proc.poll() is None
+            handle = self.agents.get(target)
+            return handle is not None and handle.alive()
+
     def store_links(self) -> StoreLinks:
         return StoreLinks({n.name: self.store_dir(n.name) for n in self.nodes})
 
@@ -168,15 +239,40 @@ class LocalStack:
     # ----- controller --------------------------------------------------------------------
     def start_controller(self, policy: str, params: dict[str, object], tag: str) -> str:
         """(Re)start the controller with a policy; returns its gRPC target."""
-        self.stop_controller()
+        with self.lifecycle:
+            self.stop_controller()
+            return self._launch_controller(policy, params, tag, "127.0.0.1:0")
+
+    def relaunch_controller(self, graceful: bool = False) -> str:
+        """Start the controller again on the same port with the same policy. It starts
+        empty: engines re-register and their reports rebuild the booked load."""
+        with self.lifecycle:
+            old, launch = self.controller, self._controller_launch
+            if old is None or launch is None:
+                raise RuntimeError("no controller to start again")
+            if graceful:
+                old.stop()
+            else:
+                old.kill()
+            policy, params, tag = launch
+            target = self._launch_controller(policy, params, tag, old.target)
+        log.warning("controller started again", extra={"target": target})
+        return target
+
+    def _launch_controller(
+        self, policy: str, params: dict[str, object], tag: str, listen: str
+    ) -> str:
         controller = ControllerProcess(
+            listen=listen,
             policy=policy,
             params=params,
             report_interval_ms=100,
             liveness_timeout_s=10.0,
             log_path=self.workdir / f"controller-{tag}.log",
+            tls_dir=self._tls_dir("controller", "controller"),
         )
         self.controller = controller
+        self._controller_launch = (policy, params, tag)
         # Registered before it starts: an interrupted start is still stopped by close().
         self._controller_exit.push(controller)
         try:
@@ -188,8 +284,10 @@ class LocalStack:
         return controller.target
 
     def stop_controller(self) -> None:
-        self.controller = None
-        self._controller_exit.close()
+        with self.lifecycle:
+            self.controller = None
+            self._controller_launch = None
+            self._controller_exit.close()
 
     # ----- lifecycle ---------------------------------------------------------------------
     def state(self) -> dict[str, object]:

@@ -220,7 +220,7 @@ class VllmDemo:
     def node_bytes(self) -> dict[str, int]:
         out = {}
         for node, agent in self.stack.agents.items():
-            with AgentClient(agent.endpoint) as client:
+            with AgentClient(agent.endpoint, identity=self.stack.client_identity()) as client:
                 out[node] = client.stat().storage_bytes_read
         return out
 

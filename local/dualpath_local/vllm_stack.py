@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualpath_agent.launch import AgentHandle, start_agent
+from dualpath_common import tls
 from dualpath_common.net import free_port
 from dualpath_controller.policy.paper import alpha_for
 from dualpath_controller.process import ControllerProcess
 from dualpath_router.process import RouterProcess
 from dualpath_vllm.config import kv_transfer_config
 from dualpath_vllm.process import EngineProcess, EngineSpec, start_engines, stop_engines
+
+from dualpath_local.identities import LocalIdentities
 
 # The tiny model: 4 layers x 2 (K, V) x 2 KV heads x 32 dims x bf16.
 KV_BYTES_PER_TOKEN = 1024
@@ -53,6 +56,12 @@ class VllmStack:
     reference: EngineProcess | None = None
     controller: ControllerProcess | None = None
     router: RouterProcess | None = None
+    # Mutual TLS between every process, with a throwaway CA in the workdir (start()).
+    identities: LocalIdentities | None = None
+
+    def client_identity(self) -> tls.IdentityDir | None:
+        """The demo driver's own calls to agents (Stat) use an engine identity."""
+        return None if self.identities is None else self.identities.identity("engine", "driver")
 
     @property
     def store(self) -> Path:
@@ -66,6 +75,7 @@ class VllmStack:
     def start(self, policy: str) -> None:
         """Agents, engines (all at once: each takes ~20 s), controller and router."""
         gbps = self.config.snic_read_bytes_per_s * 8 / 1e9
+        ids = self.identities = LocalIdentities.create(self.config.workdir / "pki")
         for node, role in self.config.nodes():
             self.agents[node] = start_agent(
                 node,
@@ -75,6 +85,7 @@ class VllmStack:
                 ["--snic-read-gbps", f"{gbps:.6f}"],
                 buffer_bytes="96MiB",
                 device_bytes="16MiB",
+                tls_dir=ids.directory("agent", f"agent-{node}"),
             )
         specs = [
             EngineSpec(
@@ -82,7 +93,11 @@ class VllmStack:
                 free_port(),
                 engine_id=node,
                 kv_cache_gib=self.config.kv_cache_gib,
-                kv_transfer_config=kv_transfer_config(self.agents[node].endpoint, node),
+                kv_transfer_config=kv_transfer_config(
+                    self.agents[node].endpoint,
+                    node,
+                    tls_dir=str(ids.directory("engine", f"engine-{node}")),
+                ),
                 extra_args=ENGINE_ARGS,
             )
             for node, _ in self.config.nodes()
@@ -118,6 +133,7 @@ class VllmStack:
             report_interval_ms=100,
             liveness_timeout_s=10.0,
             log_path=self.config.workdir / f"controller-{policy}.log",
+            tls_dir=self._tls_dir("controller", "controller"),
         ).start(timeout_s=60.0)
         self.router = RouterProcess(
             controller=self.controller.target,
@@ -126,9 +142,13 @@ class VllmStack:
             block_tokens=BLOCK_TOKENS,
             extra_args=["--kv-bytes-per-token", str(KV_BYTES_PER_TOKEN)],
             log_path=self.config.workdir / f"router-{policy}.log",
+            tls_dir=self._tls_dir("router", "router"),
         ).start(timeout_s=60.0)
         self.write_state()
         return self.router.url
+
+    def _tls_dir(self, role: str, name: str) -> Path | None:
+        return None if self.identities is None else self.identities.directory(role, name)
 
     def _engine_spec(self, node: str, role: str) -> str:
         engine = self.engines[node]
@@ -163,6 +183,8 @@ class VllmStack:
             "agents": {n: a.endpoint for n, a in self.agents.items()},
             "engines": {n: e.base_url for n, e in self.engines.items()},
             "reference": self.reference.base_url if self.reference else None,
+            # Every gRPC port requires a client certificate of this CA (mutual TLS).
+            "pki": str(self.identities.root) if self.identities else None,
             "pids": self.pids(),
         }
         (self.config.workdir / "stack.json").write_text(json.dumps(state, indent=2))

@@ -331,7 +331,22 @@ class AgentSpec(ApiModel):
     privileged: bool = Field(
         default=False, description="Run privileged. Off: agents get only IPC_LOCK (memory pinning)."
     )
-    host_network: bool = False
+    run_as_non_root: bool | None = Field(
+        default=None,
+        description="Run the agent as the image's non-root user (uid/gid 65532, fsGroup 65532)."
+        " Unset: non-root for the pvc and sharedFilesystem backends, root for hostPath (its"
+        " directory is created root-owned). A non-root agent is not given IPC_LOCK: Kubernetes"
+        " sets no ambient capabilities, so it could not use it. It then pins its host buffer"
+        " and registers RDMA memory only within the node runtime's RLIMIT_MEMLOCK; set false"
+        " (root with IPC_LOCK) where that limit is too small for hostBuffer. A sharedFilesystem"
+        " directory must be writable by uid or gid 65532 (fsGroup does not apply to it).",
+    )
+    host_network: bool = Field(
+        default=False,
+        description="Agents on the node's network. NetworkPolicy does not apply to"
+        " host-network pods on most CNIs: the operator then creates no agent NetworkPolicy"
+        " and opens the controller's gRPC port to any source (TLS still applies).",
+    )
     priority_class_name: str | None = Field(default=None, max_length=253)
     log_level: LogLevel = "info"
     extra_env: list[EnvVar] = Field(default_factory=list, max_length=64)
@@ -394,10 +409,11 @@ class TrafficControllerSpec(ApiModel):
     tls_secret_name: str | None = Field(
         default=None,
         max_length=253,
-        description="kubernetes.io/tls Secret: the controller serves gRPC over TLS with its"
-        " tls.crt/tls.key, and the agents trust its ca.crt (or tls.crt when self-signed, never"
-        " mounting the key). The certificate must name <cluster>-controller.<namespace>.svc;"
-        " renewals are picked up without a restart.",
+        description="Superseded by mutual TLS (spec.security.mtls), which is always on: the"
+        " controller serves gRPC with its role certificate (Secret <cluster>-controller-tls)"
+        " and requires one from every caller. Still accepted; the CertificatesReady condition"
+        " says it is not used. (Components run outside the operator keep server-only TLS"
+        " with --tls-cert-file.)",
     )
     command: list[str] = Field(default_factory=lambda: ["dualpath"], max_length=16)
     args: list[str] = Field(default_factory=list, max_length=64)
@@ -424,6 +440,101 @@ class MonitoringSpec(ApiModel):
     )
 
 
+# --- security --------------------------------------------------------------------------
+
+IssuerMode = Literal["auto", "operator", "cert-manager"]
+
+
+class MtlsSpec(ApiModel):
+    """Mutual TLS between every component (always on): each role (agent, controller,
+    router, engine) gets a certificate naming its SPIFFE id
+    (spiffe://dualpath.io/ns/<namespace>/dpc/<cluster>/<role>) from a per-cluster CA, in a
+    kubernetes.io/tls Secret <cluster>-<role>-tls (ca.crt, tls.crt, tls.key)."""
+
+    issuer: IssuerMode = Field(
+        default="auto",
+        description="Who issues the certificates. operator: the operator keeps a CA in the "
+        "Secret <cluster>-ca and issues and renews every certificate itself; cert-manager: "
+        "cert-manager Issuers and Certificates (needs the cert-manager.io CRDs); auto: "
+        "cert-manager when its Certificate CRD is served, else the operator.",
+    )
+    certificate_days: int = Field(
+        default=30,
+        ge=1,
+        le=90,
+        description="Lifetime of each role certificate, in days (the CA lives 365 days).",
+    )
+    renew_before_fraction: float = Field(
+        default=0.33,
+        ge=0.05,
+        le=0.9,
+        description="Renew a certificate when less than this fraction of its lifetime is left.",
+    )
+
+
+class SecuritySpec(ApiModel):
+    """Transport security of the cluster's own traffic."""
+
+    mtls: MtlsSpec = Field(default_factory=lambda: MtlsSpec())
+
+
+# --- network policy ----------------------------------------------------------------------
+
+# Namespaces carrying this label may scrape the agents' and controller's metrics ports
+# (the default spec.networkPolicy.metricsFrom): `kubectl label ns monitoring <label>=true`.
+METRICS_SCRAPER_NAMESPACE_LABEL = "dualpath.io/metrics-scraper"
+
+
+class LabelSelectorRequirement(ApiModel):
+    key: str = Field(min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list, max_length=64)
+
+
+class LabelSelector(ApiModel):
+    """A Kubernetes label selector; empty selects everything."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=16)
+
+
+class NetworkPolicyPeer(ApiModel):
+    """Pods let in, as in a NetworkPolicy peer: both selectors must match. Without a
+    namespaceSelector the pods are in the cluster's own namespace; without a podSelector,
+    every pod of the selected namespaces."""
+
+    namespace_selector: LabelSelector | None = None
+    pod_selector: LabelSelector | None = None
+
+
+def default_metrics_from() -> list[NetworkPolicyPeer]:
+    return [
+        NetworkPolicyPeer(
+            namespace_selector=LabelSelector(match_labels={METRICS_SCRAPER_NAMESPACE_LABEL: "true"})
+        )
+    ]
+
+
+class NetworkPolicySpec(ApiModel):
+    """NetworkPolicies that let into the agents and the traffic controller only this
+    cluster's own pods (agents, controller, and engines and routers labelled
+    dualpath.io/cluster=<name> in its namespace), clientsFrom, and the metrics scrapers."""
+
+    enabled: bool = Field(default=True, description="Create the NetworkPolicies.")
+    metrics_from: list[NetworkPolicyPeer] = Field(
+        default_factory=default_metrics_from,
+        max_length=16,
+        description="Who may scrape the metrics ports. Default: every pod in namespaces "
+        "labelled dualpath.io/metrics-scraper=true.",
+    )
+    clients_from: list[NetworkPolicyPeer] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Further clients of the agents and the controller, e.g. engines or a "
+        "router in another namespace.",
+    )
+
+
 class DualPathClusterSpec(ApiModel):
     """A DualPath deployment: KV agents on prefill and decode nodes, one traffic
     controller, and the network QoS that keeps KV traffic out of the collectives' way."""
@@ -437,6 +548,8 @@ class DualPathClusterSpec(ApiModel):
         default_factory=lambda: TrafficControllerSpec()
     )
     monitoring: MonitoringSpec = Field(default_factory=lambda: MonitoringSpec())
+    network_policy: NetworkPolicySpec = Field(default_factory=lambda: NetworkPolicySpec())
+    security: SecuritySpec = Field(default_factory=lambda: SecuritySpec())
 
 
 # --- status ----------------------------------------------------------------------------
@@ -448,6 +561,7 @@ CONDITION_TYPES: tuple[str, ...] = (
     "Degraded",
     "NetworkReady",
     "MonitoringReady",
+    "CertificatesReady",
 )
 
 

@@ -37,3 +37,6 @@ CONFIG_MOUNT_DIR = "/etc/dualpath"
 TLS_MOUNT_DIR = "/etc/dualpath-tls"
 
 DEFAULT_IMAGE = "docker.io/dualpath/dualpath:0.1.0"
+# The image's non-root user and group (Dockerfile USER, hack/image-build.sh APP_UID): pods
+# name it numerically so the kubelet can verify runAsNonRoot without reading the image.
+APP_UID = 65532

@@ -2,7 +2,8 @@
 
 Kubernetes versions differ (policy/v1 PodDisruptionBudget exists from 1.21; the v1.20 test
 server has only policy/v1beta1), and optional add-ons may be absent (Multus'
-NetworkAttachmentDefinition CRD, the Prometheus Operator's ServiceMonitor CRD). The choice
+NetworkAttachmentDefinition CRD, the Prometheus Operator's ServiceMonitor CRD, cert-manager's
+Certificate and Issuer CRDs). The choice
 is a pure function of the group list, so both branches are unit-tested without a cluster.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 NAD_GROUP = "k8s.cni.cncf.io"
 MONITORING_GROUP = "monitoring.coreos.com"
+CERT_MANAGER_GROUP = "cert-manager.io"
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class Capabilities:
     network_attachments: bool
     # Prometheus Operator ServiceMonitor CRD served (monitoring.coreos.com/v1).
     service_monitors: bool
+    # cert-manager's Certificate and Issuer CRDs served (cert-manager.io/v1).
+    cert_manager: bool = False
 
 
 def _group_versions(api_groups: dict[str, Any]) -> dict[str, set[str]]:
@@ -58,4 +62,6 @@ def capabilities_from_groups(
         pdb_api_version=pdb,
         network_attachments=served(NAD_GROUP, "v1", "network-attachment-definitions"),
         service_monitors=served(MONITORING_GROUP, "v1", "servicemonitors"),
+        cert_manager=served(CERT_MANAGER_GROUP, "v1", "certificates")
+        and served(CERT_MANAGER_GROUP, "v1", "issuers"),
     )

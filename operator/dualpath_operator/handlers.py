@@ -45,19 +45,30 @@ CHILD_SELECTORS: tuple[tuple[str, str], ...] = (
     ("v1", "configmaps"),
     ("v1", "services"),
     ("v1", "serviceaccounts"),
+    # The CA and certificate Secrets (operator-issued mTLS): a deleted or edited one is
+    # re-issued at once rather than at the next resync.
+    ("v1", "secrets"),
     ("apps", "daemonsets"),
     ("apps", "deployments"),
     ("rbac.authorization.k8s.io", "roles"),
     ("rbac.authorization.k8s.io", "rolebindings"),
     ("policy", "poddisruptionbudgets"),
+    # Built in (never removed like an add-on CRD): an edited policy is put back at once.
+    ("networking.k8s.io", "networkpolicies"),
 )
-# Not watched: NetworkAttachmentDefinitions and ServiceMonitors. Their CRDs may be removed
+# Not watched: NetworkAttachmentDefinitions, ServiceMonitors and cert-manager Issuers and
+# Certificates. Their CRDs may be removed
 # at any time, and kopf stops the whole operator when a watched resource disappears
 # mid-watch. Their drift is repaired by the periodic resync, and their CRDs' arrival or
 # removal re-queues every cluster (ADDON_CRDS below).
 # CRDs whose arrival or removal changes what the operator can create.
 ADDON_CRDS = frozenset(
-    {"network-attachment-definitions.k8s.cni.cncf.io", "servicemonitors.monitoring.coreos.com"}
+    {
+        "network-attachment-definitions.k8s.cni.cncf.io",
+        "servicemonitors.monitoring.coreos.com",
+        "certificates.cert-manager.io",
+        "issuers.cert-manager.io",
+    }
 )
 
 

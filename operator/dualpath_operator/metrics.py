@@ -33,6 +33,16 @@ EVENTS_POSTED = Counter("dualpath_operator_events_total", "Kubernetes Events pos
 QUEUE_DEPTH = Gauge("dualpath_operator_queue_depth", "DualPathClusters waiting for a reconcile")
 CLUSTERS = Gauge("dualpath_operator_clusters", "DualPathClusters known to this operator")
 LEADER = Gauge("dualpath_operator_leader", "1 while this replica holds the leader Lease")
+CERTIFICATES_ISSUED = Counter(
+    "dualpath_operator_certificates_issued_total",
+    "Role certificates the operator issued, by role and cause",
+    ["role", "cause"],  # cause: missing | invalid | ca-changed | names-changed | expiring
+)
+CA_ROTATIONS = Counter(
+    "dualpath_operator_ca_changes_total",
+    "Changes to operator-issued cluster CAs",
+    ["action"],  # create | publish-next | promote | drop-expired
+)
 THROTTLED = Counter(
     "dualpath_operator_throttled_total",
     "Reconciles delayed because one object was reconciled too often (hot-loop guard)",

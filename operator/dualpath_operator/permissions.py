@@ -26,6 +26,9 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     # OwnerReferencesPermissionEnforcement admission plugin is on (e.g. OpenShift).
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
     {"apiGroups": [""], "resources": ["configmaps", "services", "serviceaccounts"], "verbs": WRITE},
+    # The cluster CA and role certificates (mutual TLS): created, rotated, adopted from
+    # cert-manager, deleted when the issuer changes.
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": WRITE},
     {"apiGroups": [""], "resources": ["pods", "endpoints"], "verbs": READ},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
@@ -36,12 +39,14 @@ OPERATOR_RULES: list[dict[str, Any]] = [
         "verbs": WRITE,
     },
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": WRITE},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": WRITE},
     {
         "apiGroups": ["k8s.cni.cncf.io"],
         "resources": ["network-attachment-definitions"],
         "verbs": WRITE,
     },
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["servicemonitors"], "verbs": WRITE},
+    {"apiGroups": ["cert-manager.io"], "resources": ["issuers", "certificates"], "verbs": WRITE},
     {
         "apiGroups": ["coordination.k8s.io"],
         "resources": ["leases"],

@@ -25,6 +25,7 @@ from dualpath_operator.children.daemonset import DAEMON_SET
 from dualpath_operator.children.deployment import DEPLOYMENT
 from dualpath_operator.constants import API_VERSION, FIELD_MANAGER, KIND, PLURAL
 from dualpath_operator.discovery import Capabilities, capabilities_from_groups
+from dualpath_operator.issuance import Issuance
 from dualpath_operator.kube import ApiError, KubeClient, Obj, ResourceType
 from dualpath_operator.status import (
     ChildChanges,
@@ -64,6 +65,9 @@ def utc_now() -> str:
 
 
 SETTLE_RECHECK_S = 1.0
+# While cert-manager has not issued every Certificate: look again this soon (Certificates
+# and the Secrets cert-manager writes are adopted and read, not watched).
+CERT_MANAGER_RECHECK_S = 10.0
 
 
 class CapabilityCache:
@@ -95,7 +99,7 @@ class CapabilityCache:
             if value is None or time.monotonic() - self._at > self._ttl or self.settling():
                 groups = await self._kube.api_groups()
                 resources = {}
-                for gv in ("k8s.cni.cncf.io/v1", "monitoring.coreos.com/v1"):
+                for gv in ("k8s.cni.cncf.io/v1", "monitoring.coreos.com/v1", "cert-manager.io/v1"):
                     resources[gv] = await self._kube.group_version_resources(gv)
                 value = self._value = capabilities_from_groups(groups, resources)
                 self._at = time.monotonic()
@@ -157,6 +161,7 @@ class Reconciler:
         # Per cluster: (kind, child name) -> change marker seen after our last apply.
         self._markers: dict[Key, dict[tuple[str, str], Any]] = {}
         self._applied_generation: dict[Key, int] = {}
+        self.issuance = Issuance(kube)
 
     def forget(self, key: Key) -> None:
         self._applied_generation.pop(key, None)
@@ -180,7 +185,19 @@ class Reconciler:
             return Outcome("invalid", self.resync_seconds)
         caps = await self.capabilities.get()
         ctx = ClusterContext(name, ns, cr["metadata"]["uid"], generation, spec, caps)
+        # Identities before workloads: a pod's Secret volume must exist for it to start.
+        certificates, cert_writes = await self.issuance.sync(ctx)
         changes, errors, stored = await self._apply_children(ctx)
+        changes.created[:0] = cert_writes.created
+        changes.updated[:0] = cert_writes.updated
+        changes.deleted += cert_writes.deleted
+        for action, labels in (
+            ("created", cert_writes.created),
+            ("updated", cert_writes.updated),
+            ("deleted", cert_writes.deleted),
+        ):
+            for _ in labels:
+                metrics.CHILD_WRITES.labels("Secret", action).inc()
         obs = Observation(
             generation=generation,
             prefill=observe_daemonset(stored.get(agent_daemonset_name(name, "prefill"))),
@@ -202,9 +219,12 @@ class Reconciler:
             config_hash=ctx.config_hash,
             pdb_api_version=caps.pdb_api_version,
             controller_endpoint=ctx.controller_address,
+            certificates=certificates,
         )
         drift = self._applied_generation.get(key) == generation
         await self._write_status(cr, obs, changes, drift=drift)
+        if certificates.error:
+            errors.append(f"certificates: {certificates.error}")
         if errors:
             metrics.RECONCILES.labels("error").inc()
             raise ReconcileError("; ".join(errors))
@@ -212,6 +232,8 @@ class Reconciler:
         metrics.RECONCILES.labels("applied").inc()
         # Right after an add-on CRD changed, look again soon: discovery may still lag.
         again = SETTLE_RECHECK_S if self.capabilities.settling() else self.resync_seconds
+        if certificates.not_ready:
+            again = min(again, CERT_MANAGER_RECHECK_S)
         return Outcome("applied", again)
 
     # --- children ----------------------------------------------------------------------

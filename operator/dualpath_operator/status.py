@@ -8,6 +8,7 @@ stays the same, so status writes happen only when something really changed.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -94,6 +95,21 @@ class MonitoringState:
 
 
 @dataclass(frozen=True)
+class CertificatesState:
+    """What the certificate step of a reconcile found and did (`issuance.py`)."""
+
+    requested: str  # spec.security.mtls.issuer: auto | operator | cert-manager
+    mode: str  # what it resolved to: operator | cert-manager
+    cert_manager_served: bool
+    ca_not_after: dt.datetime | None = None  # operator mode
+    next_renewal: dt.datetime | None = None  # operator mode: earliest role renewal
+    not_ready: tuple[str, ...] = ()  # cert-manager mode: Certificates not Ready yet
+    error: str = ""
+    # spec.trafficController.tlsSecretName, set but replaced by mutual TLS.
+    superseded_tls_secret: str = ""
+
+
+@dataclass(frozen=True)
 class Observation:
     """Everything status depends on, gathered by one reconcile."""
 
@@ -108,6 +124,7 @@ class Observation:
     config_hash: str = ""
     pdb_api_version: str = ""
     controller_endpoint: str = ""
+    certificates: CertificatesState | None = None  # None: unknown (invalid spec)
 
 
 @dataclass(frozen=True)
@@ -193,17 +210,80 @@ def monitoring_condition(obs: Observation, previous: dict[str, Condition]) -> Co
     return _cond("MonitoringReady", True, "ServiceMonitorApplied", "ServiceMonitor applied")
 
 
+def _when(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def certificates_condition(obs: Observation, previous: dict[str, Condition]) -> Condition:
+    """Who issues the mTLS certificates and whether every role has one. The reason names
+    the mode; an issuer that cannot work is reported, never silently replaced."""
+    certs = obs.certificates
+    if certs is None:
+        return previous.get("CertificatesReady") or _cond(
+            "CertificatesReady", None, "NotEvaluated", "certificates not evaluated (invalid spec)"
+        )
+    if certs.error:
+        return _cond("CertificatesReady", False, "IssueFailed", certs.error)
+    if certs.mode == "cert-manager":
+        if not certs.cert_manager_served:
+            return _cond(
+                "CertificatesReady",
+                False,
+                "CertManagerCRDMissing",
+                "spec.security.mtls.issuer is cert-manager, but the cluster does not serve "
+                "cert-manager.io/v1 Certificate and Issuer: install cert-manager, or set the "
+                "issuer to operator or auto",
+            )
+        if certs.not_ready:
+            return _cond(
+                "CertificatesReady",
+                False,
+                "CertManagerIssuing",
+                "waiting for cert-manager to issue Certificate(s): " + ", ".join(certs.not_ready),
+            )
+        return _cond(
+            "CertificatesReady",
+            True,
+            "CertManagerIssued",
+            f"cert-manager issued every role certificate (issuer: {certs.requested})"
+            + _superseded(certs),
+        )
+    parts = ["the operator's cluster CA issued every role certificate"]
+    if certs.requested == "auto":
+        parts.append("(auto: cert-manager's CRDs are not served)")
+    if certs.ca_not_after is not None:
+        parts.append(f"; CA valid until {_when(certs.ca_not_after)}")
+    if certs.next_renewal is not None:
+        parts.append(f"; next renewal at {_when(certs.next_renewal)}")
+    message = " ".join(parts).replace(" ;", ";") + _superseded(certs)
+    return _cond("CertificatesReady", True, "OperatorIssued", message)
+
+
+def _superseded(certs: CertificatesState) -> str:
+    if not certs.superseded_tls_secret:
+        return ""
+    return (
+        f"; spec.trafficController.tlsSecretName ({certs.superseded_tls_secret}) is not used:"
+        " mutual TLS replaces the controller's server-only TLS"
+    )
+
+
 def _agents_summary(obs: Observation) -> str:
     p, d = obs.prefill, obs.decode
     return f"prefill agents {p.ready}/{p.desired} ready, decode agents {d.ready}/{d.desired} ready"
 
 
-def ready_condition(obs: Observation, network: Condition) -> Condition:
+def ready_condition(
+    obs: Observation, network: Condition, certificates: Condition | None = None
+) -> Condition:
     p, d, c = obs.prefill, obs.decode, obs.controller
     if obs.problems and not (p.exists or d.exists or c.exists):
         return _cond("Ready", False, "InvalidSpec", "the spec is invalid; nothing was created")
     if network.status == "False":
         return _cond("Ready", False, "NetworkNotReady", network.message)
+    if certificates is not None and certificates.status == "False":
+        # Pods cannot start without their identity (the Secret volume is missing).
+        return _cond("Ready", False, "CertificatesNotReady", certificates.message)
     if p.desired == 0:
         return _cond("Ready", False, "NoPrefillNodes", "no node matches spec.nodes.prefill")
     if d.desired == 0:
@@ -247,13 +327,18 @@ def progressing_condition(obs: Observation) -> Condition:
     return _cond("Progressing", False, "RolloutComplete", "every component runs the current spec")
 
 
-def degraded_condition(obs: Observation, network: Condition) -> Condition:
+def degraded_condition(
+    obs: Observation, network: Condition, certificates: Condition | None = None
+) -> Condition:
     if obs.problems:
         return _cond("Degraded", True, "InvalidSpec", "; ".join(obs.problems))
     if obs.apply_errors:
         return _cond("Degraded", True, "ApplyFailed", "; ".join(obs.apply_errors))
     if network.status == "False":
         return _cond("Degraded", True, "NetworkNotReady", network.message)
+    # Waiting for cert-manager is progress, not a fault; a missing CRD or a failure is.
+    if certificates is not None and certificates.reason in ("IssueFailed", "CertManagerCRDMissing"):
+        return _cond("Degraded", True, "CertificatesNotReady", certificates.message)
     return _cond("Degraded", False, "AsExpected", "no problems found")
 
 
@@ -282,12 +367,14 @@ def compute_status(previous_raw: Obj | None, obs: Observation, now: str) -> Dual
     previous = parse_status(previous_raw)
     prev_conditions = {c.type: c for c in previous.conditions}
     network = network_condition(obs, prev_conditions)
+    certificates = certificates_condition(obs, prev_conditions)
     conditions = [
-        ready_condition(obs, network),
+        ready_condition(obs, network, certificates),
         progressing_condition(obs),
-        degraded_condition(obs, network),
+        degraded_condition(obs, network, certificates),
         network,
         monitoring_condition(obs, prev_conditions),
+        certificates,
     ]
     by_type = {c.type: _with_times(c, prev_conditions, obs.generation, now) for c in conditions}
     return DualPathClusterStatus(
@@ -333,6 +420,7 @@ _WARN_WHEN = {
     "Degraded": "True",
     "NetworkReady": "False",
     "MonitoringReady": "False",
+    "CertificatesReady": "False",
 }
 
 

@@ -83,6 +83,8 @@ def semantic_problems(spec: DualPathClusterSpec) -> list[Problem]:
     problems += _attachment_problems(spec.network.attachments)
     problems += _node_problems(spec)
     problems += _workload_problems(spec)
+    problems += _pod_security_problems(spec)
+    problems += _network_policy_problems(spec)
     return problems
 
 
@@ -333,4 +335,40 @@ def _workload_problems(spec: DualPathClusterSpec) -> list[Problem]:
     problems += _policy_problems(spec)
     problems += _env_problems([e.name for e in agent.extra_env], "spec.agent.extraEnv")
     problems += _env_problems([e.name for e in ctl.extra_env], "spec.trafficController.extraEnv")
+    return problems
+
+
+def _pod_security_problems(spec: DualPathClusterSpec) -> list[Problem]:
+    agent = spec.agent
+    if agent.run_as_non_root is not True:
+        return []
+    if spec.storage.backend == "hostPath":
+        # The kubelet creates the hostPath directory root-owned (DirectoryOrCreate), and
+        # fsGroup does not apply to hostPath volumes: a non-root agent could not write it.
+        return [
+            Problem(
+                "spec.agent.runAsNonRoot",
+                "the hostPath backend's directory is root-owned; use pvc or "
+                "sharedFilesystem, or leave runAsNonRoot unset",
+            )
+        ]
+    if agent.privileged:
+        return [Problem("spec.agent.runAsNonRoot", "contradicts spec.agent.privileged: true")]
+    return []
+
+
+def _network_policy_problems(spec: DualPathClusterSpec) -> list[Problem]:
+    # A NetworkPolicy peer needs at least one selector; `{}` would be rejected by the API
+    # server when the operator applies the policy, far from the field that caused it.
+    problems = []
+    np = spec.network_policy
+    for name, peers in (("metricsFrom", np.metrics_from), ("clientsFrom", np.clients_from)):
+        for i, peer in enumerate(peers):
+            if peer.namespace_selector is None and peer.pod_selector is None:
+                problems.append(
+                    Problem(
+                        f"spec.networkPolicy.{name}[{i}]",
+                        "give a namespaceSelector, a podSelector or both",
+                    )
+                )
     return problems

@@ -60,13 +60,22 @@ class Runtime:
         config = self.config
         self.executor = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="router-io")
         tls_ca = config.controller_tls_ca
+        identity = config.identity()
         self.controller = ControllerClient(
-            config.controller, timeout_s=config.controller_timeout_s, tls_ca=tls_ca
+            config.controller,
+            timeout_s=config.controller_timeout_s,
+            tls_ca=tls_ca,
+            identity=identity,
         )
         self.session = AsyncControllerSession(
-            config.controller, timeout_s=config.controller_timeout_s, tls_ca=tls_ca
+            config.controller,
+            timeout_s=config.controller_timeout_s,
+            tls_ca=tls_ca,
+            identity=identity,
         )
-        self.pool = EnginePool(config, self.controller, self.executor, self.metrics)
+        self.pool = EnginePool(
+            config, self.controller, self.executor, self.metrics, identity=identity
+        )
         self.prefix = PrefixLookup(
             [e.agent for e in config.prefill_engines],
             config.block_tokens,
@@ -74,6 +83,7 @@ class Runtime:
             self.executor,
             self.metrics,
             config.agent_timeout_s,
+            identity=identity,
         )
         self._proxy = Proxy(config, self.pool, self.session, self.prefix, self.metrics)
         self.pool.start()
@@ -84,6 +94,7 @@ class Runtime:
                 "engines": [e.id for e in config.engines],
                 "block_tokens": config.block_tokens,
                 "hash_namespace": config.hash_namespace,
+                "identity": identity.identity.uri if identity else None,
             },
         )
 

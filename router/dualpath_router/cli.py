@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import uvicorn
+from dualpath_common import tls
 from dualpath_common.logs import configure_logging
 
 from dualpath_router.app import create_app
@@ -38,6 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--controller-tls-ca",
         type=Path,
         help="CA file (or mounted TLS Secret directory) of the controller's gRPC TLS",
+    )
+    parser.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="mutual TLS identity directory (ca.crt, tls.crt, tls.key; role router) for the"
+        " gRPC calls to the controller and the agents",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="call the controller and agents without mutual TLS (local tests only); one of"
+        " --tls-dir or --insecure is required",
     )
     parser.add_argument(
         "--engine",
@@ -81,6 +94,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest wait for the next byte of an engine's answer",
     )
     parser.add_argument(
+        "--tenant-header",
+        help="request header naming the tenant (set by a trusted gateway); each tenant's KV"
+        " cache is salted with an HMAC of it, and requests without it are refused",
+    )
+    parser.add_argument(
+        "--tenant-secret-file",
+        type=Path,
+        help="file holding the secret (>= 16 bytes) the tenant salts are derived with",
+    )
+    parser.add_argument(
         "--ready-file", type=Path, help="write {port, pid} as JSON here once serving"
     )
     parser.add_argument("--json-logs", action="store_true", help="JSON lines logs on stderr")
@@ -91,6 +114,13 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     host, sep, port = args.listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"--listen must be host:port, got {args.listen!r}")
+    if args.tls_dir is None and not args.insecure:
+        raise ConfigError(f"no gRPC identity: {tls.INSECURE_HINT}")
+    if args.insecure:
+        log.warning(
+            "gRPC without mutual TLS: the router is not authenticated (--insecure)",
+            extra={"component": "router"},
+        )
     return build_config(
         engine_args=args.engine,
         engines_file=args.engines_file,
@@ -98,6 +128,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         listen_port=int(port),
         controller=args.controller,
         controller_tls_ca=args.controller_tls_ca,
+        tls_dir=args.tls_dir,
+        insecure=args.insecure,
         block_tokens=args.block_tokens,
         hash_namespace=args.hash_namespace,
         kv_bytes_per_token=args.kv_bytes_per_token,
@@ -105,6 +137,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         max_body_bytes=args.max_body_bytes,
         schedule_wait_s=args.schedule_wait_s,
         engine_read_timeout_s=args.engine_read_timeout_s,
+        tenant_header=args.tenant_header,
+        tenant_secret_file=args.tenant_secret_file,
     )
 
 

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from dualpath_common import tls
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dualpath_router.tenancy import TenantSalts
 
 
 class ConfigError(ValueError):
@@ -65,6 +68,10 @@ class RouterConfig(BaseModel):
     listen_port: int = Field(default=8000, ge=0, le=65535)
     controller: str
     controller_tls_ca: Path | None = None
+    # Mutual TLS to the controller and the agents with this identity directory (role
+    # router); `insecure` is the explicit choice of plaintext (cli.py requires one of them).
+    tls_dir: Path | None = None
+    insecure: bool = False
     engines: tuple[EngineSpec, ...]
     block_tokens: int = Field(default=64, gt=0)
     hash_namespace: str = Field(min_length=1)
@@ -82,6 +89,11 @@ class RouterConfig(BaseModel):
     agent_timeout_s: float = Field(default=2.0, gt=0)
     # Interval of engine polling before the controller tells its report interval.
     poll_interval_s: float = Field(default=0.5, gt=0)
+    # Tenant isolation (tenancy.py): the request header naming the tenant, and the file of
+    # the secret its cache salt is derived with. Both or neither; with neither, the
+    # client's own `cache_salt` is used as sent.
+    tenant_header: str | None = Field(default=None, min_length=1)
+    tenant_secret_file: Path | None = None
 
     @field_validator("controller")
     @classmethod
@@ -98,6 +110,34 @@ class RouterConfig(BaseModel):
             if not any(e.role == role for e in self.engines):
                 raise ValueError(f"engines: at least one {role} engine is needed")
         return self
+
+    @model_validator(mode="after")
+    def _tenancy(self) -> RouterConfig:
+        if (self.tenant_header is None) != (self.tenant_secret_file is None):
+            raise ValueError("tenant_header and tenant_secret_file go together")
+        if self.tenant_header is not None and self.tenant_secret_file is not None:
+            try:  # read once here so that a bad secret fails at start
+                TenantSalts.from_file(self.tenant_header, self.tenant_secret_file)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"tenant_secret_file: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _security(self) -> RouterConfig:
+        if self.tls_dir is not None and self.insecure:
+            raise ValueError("tls_dir and insecure exclude each other")
+        if self.tls_dir is not None and self.controller_tls_ca is not None:
+            raise ValueError("controller_tls_ca: with tls_dir the controller is reached with it")
+        if self.tls_dir is not None:
+            try:  # read once here so that a bad identity fails at start
+                tls.IdentityDir.load(self.tls_dir)
+            except tls.TlsConfigError as exc:
+                raise ValueError(f"tls_dir: {exc}") from None
+        return self
+
+    def identity(self) -> tls.IdentityDir | None:
+        """The identity directory, read now (its files may have been rotated since start)."""
+        return tls.load_identity(self.tls_dir)
 
     @property
     def prefill_engines(self) -> list[EngineSpec]:

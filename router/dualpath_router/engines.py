@@ -27,6 +27,7 @@ import grpc
 import httpx
 from dualpath.v1 import traffic_controller_pb2 as pb
 from dualpath_agent.client import AgentClient
+from dualpath_common import tls
 from dualpath_controller.client import ControllerClient, EngineLoad, EngineReporter
 from dualpath_controller.convert import ROLE_TO_PROTO, parse_role
 
@@ -198,6 +199,7 @@ class EnginePool:
         controller: ControllerClient,
         executor: Executor,
         metrics: RouterMetrics,
+        identity: tls.IdentityDir | None = None,
     ) -> None:
         self.config = config
         self.http = httpx.AsyncClient(
@@ -208,7 +210,7 @@ class EnginePool:
         )
         self.states = {spec.id: EngineState(spec) for spec in config.engines}
         self._agents = {
-            ep: AgentClient(ep, config.agent_timeout_s)
+            ep: AgentClient(ep, config.agent_timeout_s, identity=identity)
             for ep in dict.fromkeys(spec.agent for spec in config.engines)
         }
         self.monitors = [

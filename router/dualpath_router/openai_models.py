@@ -11,20 +11,29 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from dualpath_router.errors import RouterError, bad_request
+from dualpath_router.tenancy import check_cache_salt
 
 # Block hashes pack token ids as little-endian uint32.
 MAX_TOKEN_ID = 2**32 - 1
+# A \uD800-\uDFFF escape: the only way UTF-8 JSON yields a lone surrogate, which json.loads
+# accepts and no encoder takes (found by fuzzing: the engine call failed, a 500).
+SURROGATE_ESCAPE = re.compile(rb"\\u[d][89a-f]", re.IGNORECASE)
 
 StrictInt = Annotated[int, Strict()]
 StrictFloat = Annotated[float, Strict()]  # ints are accepted, strings and bools are not
 StrictBool = Annotated[bool, Strict()]
 StrictStr = Annotated[str, Strict()]
+# Output limits travel to the controller as a uint64 (Schedule.expected_output_tokens): a
+# larger one made building the message fail (found by fuzzing: a 500). The controller
+# refuses values that fit but are absurd, which the client gets as a 400 too.
+OutputLimit = Annotated[StrictInt, Field(ge=1, le=2**64 - 1)]
 
 
 class Endpoint(enum.Enum):
@@ -44,7 +53,7 @@ class _Common(BaseModel):
     model: StrictStr | None = None
     stream: StrictBool | None = None
     stream_options: dict[str, Any] | None = None
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_tokens: OutputLimit | None = None
     temperature: Annotated[StrictFloat, Field(ge=0)] | None = None
     top_p: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
     n: Annotated[StrictInt, Field(ge=1)] | None = None
@@ -56,7 +65,7 @@ class CompletionBody(_Common):
 
 class ChatBody(_Common):
     messages: Any = None
-    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: OutputLimit | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,9 @@ class ValidRequest:
     prompt_token_ids: tuple[int, ...] | None = None
     prompt_text: str | None = None
     messages: tuple[dict[str, Any], ...] | None = None
+    # vLLM's `cache_salt` as the client sent it (checked; tenancy.py): the KV store's hash
+    # chain is rooted at it, so only requests with the same salt share cached blocks.
+    cache_salt: str | None = None
 
     @property
     def prompt_param(self) -> str:
@@ -95,6 +107,15 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         ) from None
     except ValueError as exc:
         raise bad_request(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # e.g. [[[[...]]]] nested ~100,000 deep (found by fuzzing: a 500)
+        raise bad_request("request body is nested too deeply") from None
+    if SURROGATE_ESCAPE.search(raw):  # a pair is fine: json.loads joins it into one character
+        try:
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise bad_request(
+                "request body holds a lone UTF-16 surrogate (\\ud800-\\udfff) in a string"
+            ) from None
     if not isinstance(data, dict):
         raise bad_request(f"request body must be a JSON object, got {type(data).__name__}")
     return data
@@ -184,6 +205,7 @@ def validate_request(endpoint: Endpoint, raw: bytes, max_prompt_tokens: int) -> 
     except ValidationError as exc:
         raise _from_validation_error(exc) from None
     stream = bool(fields.stream)
+    cache_salt = check_cache_salt(data.get("cache_salt"))
     if fields.stream_options is not None and not stream:
         raise bad_request("is only allowed with stream: true", "stream_options")
     if isinstance(fields, ChatBody):
@@ -193,8 +215,15 @@ def validate_request(endpoint: Endpoint, raw: bytes, max_prompt_tokens: int) -> 
             stream,
             fields.max_completion_tokens or fields.max_tokens,
             messages=_messages(fields.messages),
+            cache_salt=cache_salt,
         )
     ids, text = _prompt(fields.prompt, max_prompt_tokens)
     return ValidRequest(
-        endpoint, data, stream, fields.max_tokens, prompt_token_ids=ids, prompt_text=text
+        endpoint,
+        data,
+        stream,
+        fields.max_tokens,
+        prompt_token_ids=ids,
+        prompt_text=text,
+        cache_salt=cache_salt,
     )

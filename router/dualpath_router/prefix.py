@@ -1,10 +1,12 @@
 """How many of a prompt's leading tokens are in the KV store (the cached prefix).
 
-The prompt's full blocks are hashed as a chain rooted at the model's namespace (the same
-addressing the agents store blocks under) and one agent is asked for the longest present
-prefix. The store is shared (every node sees every block), so any agent can answer; the
-prefill engines' agents are asked in turn. An unreachable agent is logged and the prompt
-counted as not cached: the request is still served, only scheduled as a cold one.
+The prompt's full blocks are hashed as a chain rooted at the model's namespace and the
+request's cache salt (the addressing the engines' connectors store blocks under: a salted
+prompt shares no block with another salt's or an unsalted one) and one agent is asked for
+the longest present prefix. The store is shared (every node sees every block), so any
+agent can answer; the prefill engines' agents are asked in turn. An unreachable agent is
+logged and the prompt counted as not cached: the request is still served, only scheduled
+as a cold one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from concurrent.futures import Executor
 import grpc
 from dualpath_agent.blockhash import block_chain, root_hash
 from dualpath_agent.client import AgentClient
+from dualpath_common import tls
 
 from dualpath_router.metrics import RouterMetrics
 
@@ -36,15 +39,19 @@ class PrefixLookup:
         executor: Executor,
         metrics: RouterMetrics,
         timeout_s: float = 2.0,
+        identity: tls.IdentityDir | None = None,
     ) -> None:
         if not agent_endpoints:
             raise ValueError("no agent endpoints to look prefixes up at")
         self.block_tokens = block_tokens
+        self.hash_namespace = hash_namespace
         self.root = root_hash(hash_namespace)
         self.executor = executor
         self.metrics = metrics
         # One client (one channel) per distinct agent, shared by all lookups.
-        self.agents = [AgentClient(ep, timeout_s) for ep in dict.fromkeys(agent_endpoints)]
+        self.agents = [
+            AgentClient(ep, timeout_s, identity=identity) for ep in dict.fromkeys(agent_endpoints)
+        ]
         self._next = itertools.cycle(range(len(self.agents)))
         # Agents failing now -> when that was last logged as a warning.
         self._failing: dict[str, float] = {}
@@ -53,8 +60,11 @@ class PrefixLookup:
         for agent in self.agents:
             agent.close()
 
-    async def cached_tokens(self, token_ids: Sequence[int], request_id: str = "") -> int:
-        chain = block_chain(token_ids, self.block_tokens, parent=self.root)
+    async def cached_tokens(
+        self, token_ids: Sequence[int], request_id: str = "", cache_salt: str | None = None
+    ) -> int:
+        root = root_hash(self.hash_namespace, cache_salt) if cache_salt else self.root
+        chain = block_chain(token_ids, self.block_tokens, parent=root)
         if not chain:
             return 0
         loop = asyncio.get_running_loop()

@@ -3,6 +3,10 @@
 The child writes a ready file with its port once it serves; `RouterProcess.stop()` sends
 SIGTERM to that pid (SIGKILL after a grace period). Use it as a context manager so the
 process is stopped even when the caller fails.
+
+Security: `tls_dir` makes it call the controller and agents with mutual TLS with that
+identity directory; without it (and without --tls-dir in extra_args) the launcher asks for
+--insecure, which the router only does when asked.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class RouterProcess(ReadyFileProcess):
         block_tokens: int = 64,
         extra_args: Sequence[str] = (),
         log_path: Path | None = None,
+        tls_dir: Path | None = None,
     ) -> None:
         """`engines`: `--engine` specs (id=...,role=...,url=...,node=...,agent=...)."""
         super().__init__([], log_path)
@@ -50,7 +55,12 @@ class RouterProcess(ReadyFileProcess):
         ]
         for spec in engines:
             self.args += ["--engine", spec]
-        self.args += list(extra_args)
+        extra = list(extra_args)
+        if tls_dir is not None:
+            self.args += ["--tls-dir", str(tls_dir)]
+        elif "--tls-dir" not in extra and "--insecure" not in extra:
+            self.args.append("--insecure")
+        self.args += extra
         self.port = 0
 
     @property

@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -37,7 +37,8 @@ from dualpath_router.errors import RouterError
 from dualpath_router.metrics import RouterMetrics
 from dualpath_router.openai_models import Endpoint, ValidRequest, token_ids, validate_request
 from dualpath_router.prefix import PrefixLookup
-from dualpath_router.rewrite import Route, decode_body, prefill_body
+from dualpath_router.rewrite import Route, decode_body, prefill_body, salted_body
+from dualpath_router.tenancy import TenantSalts
 
 log = logging.getLogger("dualpath.router.proxy")
 T = TypeVar("T")
@@ -76,6 +77,10 @@ class RequestFlow:
     request_id: str
     started: float
     headers: dict[str, str]
+    # The request's cache salt (the client's, or derived from its tenant header) and the
+    # client's body carrying it: what the engines get, and what Lookup hashes under.
+    cache_salt: str | None = None
+    body: dict[str, Any] = field(default_factory=dict)
     token_ids: tuple[int, ...] = ()
     cached_tokens: int = 0
     route: Route | None = None
@@ -192,6 +197,8 @@ class Proxy:
         self.prefix = prefix
         self.metrics = metrics
         self._releases: set[asyncio.Task[None]] = set()
+        # Salts derived from a tenant header (None: the client's cache_salt is used as sent).
+        self.tenants = tenant_salts(config)
 
     # ----- entry point ---------------------------------------------------------------------
     async def handle(self, endpoint: Endpoint, request: Request) -> Response:
@@ -199,6 +206,11 @@ class Proxy:
         try:
             raw = await read_body(request, self.config.max_body_bytes)
             valid = validate_request(endpoint, raw, self.config.max_prompt_tokens)
+            salt = (
+                valid.cache_salt
+                if self.tenants is None
+                else self.tenants.resolve(request.headers, valid.cache_salt)
+            )
         except ClientDisconnect:  # gone while sending its body: nothing was booked
             self._count(endpoint, "none", outcomes.DISCONNECTED, started)
             return Response(status_code=499)
@@ -210,7 +222,9 @@ class Proxy:
             )
             return error_response(error)
         headers = {k: v for k in FORWARDED_HEADERS if (v := request.headers.get(k)) is not None}
-        flow = RequestFlow(valid, str(uuid.uuid4()), started, headers)
+        flow = RequestFlow(
+            valid, str(uuid.uuid4()), started, headers, salt, salted_body(valid.body, salt)
+        )
         try:
             return await until_disconnect(self._serve(flow), request.receive)
         except ClientGone:
@@ -230,7 +244,9 @@ class Proxy:
     async def _serve(self, flow: RequestFlow) -> Response:
         try:
             flow.token_ids = await self._token_ids(flow)
-            flow.cached_tokens = await self.prefix.cached_tokens(flow.token_ids, flow.request_id)
+            flow.cached_tokens = await self.prefix.cached_tokens(
+                flow.token_ids, flow.request_id, cache_salt=flow.cache_salt
+            )
             flow.route = await self._schedule(flow)
             if flow.route.disaggregated:
                 await self._prefill(flow, flow.route)
@@ -399,7 +415,7 @@ class Proxy:
 
     async def _prefill(self, flow: RequestFlow, route: Route) -> None:
         spec = self._engine(route.prefill_engine_id, "prefill")
-        body = prefill_body(flow.request.body, route)
+        body = prefill_body(flow.body, route)
         tokens = len(flow.token_ids)
         self.pool.add_routed(spec.id, tokens)
         try:
@@ -417,7 +433,7 @@ class Proxy:
 
     async def _open_decode(self, flow: RequestFlow, route: Route) -> httpx.Response:
         spec = self._engine(route.decode_engine_id, "decode")
-        body = decode_body(flow.request.body, route) if route.disaggregated else flow.request.body
+        body = decode_body(flow.body, route) if route.disaggregated else flow.body
         http = self.pool.http
         self.pool.add_routed(spec.id, len(flow.token_ids))
         flow.on_decode = True
@@ -531,6 +547,8 @@ class Proxy:
                 "decode_engine": route.decode_engine_id if route else "",
                 "prompt_tokens": len(flow.token_ids),
                 "cached_tokens": flow.cached_tokens,
+                # Whether the request had its own cache (the salt itself is never logged).
+                "salted": flow.cache_salt is not None,
                 "ttft_s": round(flow.first_byte_at - flow.started, 6)
                 if flow.first_byte_at
                 else None,
@@ -542,6 +560,13 @@ class Proxy:
         """Wait for pending releases (at shutdown, before the session closes)."""
         if self._releases:
             await asyncio.wait(set(self._releases), timeout=timeout_s)
+
+
+def tenant_salts(config: RouterConfig) -> TenantSalts | None:
+    """The tenant-header salts when configured (`--tenant-header`, `--tenant-secret-file`)."""
+    if config.tenant_header is None or config.tenant_secret_file is None:
+        return None
+    return TenantSalts.from_file(config.tenant_header, config.tenant_secret_file)
 
 
 def _reason(exc: BaseException) -> str:

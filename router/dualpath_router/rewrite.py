@@ -4,6 +4,8 @@ Both are the client's body with a `kv_transfer_params.dualpath` entry that tells
 engines' DualPath KV connector which request this is, its role, and the agents that move
 its KV. The prefill engine computes the first token only (its KV lands at the decode side);
 the decode engine gets the client's own limits and streaming choice and produces the answer.
+Both carry the request's `cache_salt` (tenancy.py), so the engines' connectors hash the
+prompt under the same chain root as the router's Lookup did.
 """
 
 from __future__ import annotations
@@ -76,6 +78,17 @@ def decode_params(route: Route) -> DualPathParams:
         decode_agent_endpoint=route.decode_agent_endpoint,
         prefill_agent_endpoint=route.prefill_agent_endpoint,
     )
+
+
+def salted_body(body: Mapping[str, Any], cache_salt: str | None) -> dict[str, Any]:
+    """The client's body with the request's cache salt: the client's own is kept as sent; a
+    salt the router derived (tenant header) replaces it. No salt: no `cache_salt` field."""
+    out = dict(body)
+    if cache_salt is None:
+        out.pop("cache_salt", None)
+    else:
+        out["cache_salt"] = cache_salt
+    return out
 
 
 def prefill_body(body: Mapping[str, Any], route: Route) -> dict[str, Any]:

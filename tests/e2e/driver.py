@@ -25,6 +25,13 @@ import uuid
 from typing import Any
 
 
+def identity(args: argparse.Namespace) -> Any:
+    """The driver acts as an engine: Schedule, PutBlocks and Load need that role."""
+    from dualpath_common import tls
+
+    return tls.load_identity(args.tls_dir)
+
+
 def result(payload: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(payload, sort_keys=True), flush=True)
 
@@ -34,7 +41,7 @@ def engines(args: argparse.Namespace) -> int:
 
     deadline = time.monotonic() + args.timeout
     last: dict[str, Any] = {}
-    with ControllerClient(args.controller) as ctl:
+    with ControllerClient(args.controller, identity=identity(args)) as ctl:
         while time.monotonic() < deadline:
             try:
                 status = ctl.status()
@@ -117,7 +124,7 @@ def de_read(args: argparse.Namespace) -> int:
     kv_bytes_per_token = args.layers * args.bytes_per_token_layer
     run = uuid.uuid4().hex[:8]
     out: dict[str, Any] = {"layout": vars(args) | {"func": None}}
-    with ControllerClient(args.controller) as ctl:
+    with ControllerClient(args.controller, identity=identity(args)) as ctl:
         first = schedule(ctl, f"e2e-{run}-a", cached_tokens, kv_bytes_per_token)
         second = schedule(ctl, f"e2e-{run}-b", cached_tokens, kv_bytes_per_token)
         out["first"], out["second"] = assignment_json(first), assignment_json(second)
@@ -130,8 +137,8 @@ def de_read(args: argparse.Namespace) -> int:
         chain = block_chain(token_ids, args.block_tokens)
         data = dense_blocks(len(chain), layout)
         with (
-            AgentClient(second.decode_agent_endpoint) as de,
-            AgentClient(second.prefill_agent_endpoint) as pe,
+            AgentClient(second.decode_agent_endpoint, identity=identity(args)) as de,
+            AgentClient(second.prefill_agent_endpoint, identity=identity(args)) as pe,
         ):
             put = de.put_blocks(zip(chain, data, strict=True), layout)
             out["stored"] = {"written": put.blocks_written, "present": put.blocks_already_present}
@@ -187,6 +194,9 @@ def de_read(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="driver")
     parser.add_argument("--controller", required=True, help="traffic controller host:port")
+    parser.add_argument(
+        "--tls-dir", help="mutual TLS identity (the cluster's engine Secret, mounted)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("engines")
     p.add_argument("--timeout", type=float, default=120)

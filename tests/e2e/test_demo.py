@@ -175,3 +175,41 @@ def test_interrupted_demo_stops_every_process(
     assert rc == 130, run.text()[-3000:]
     assert "interrupted" in run.text()
     _assert_nothing_left(run)
+
+
+def test_chaos_demo_loses_no_turn_when_a_decode_agent_dies_and_the_controller_restarts(
+    tmp_path: Path, demo_run: list[DemoRun]
+) -> None:
+    """A decode node's agent is SIGKILLed mid-phase (the supervisor brings it back) and
+    the controller is restarted under load: every turn still completes, byte-verified. The
+    cost shows as loads that fell back to the prefill node's storage and turns played
+    again; the controller drained the dead node at once and took it back when it reported."""
+    # 120 turns: ~15 s on an idle 2-core machine, so the killed agent is back (supervisor
+    # delay + start, ~3-5 s) before the controller restarts, and both before the end.
+    chaos = "kill:decode-0@2s,restart:controller@8s"
+    run = DemoRun(
+        tmp_path, [*REDUCED, "--turns", "10", "--policies", "dualpath-split", "--chaos", chaos]
+    )
+    demo_run.append(run)
+    rc = run.wait(300)
+    output = run.text()
+    assert rc == 0, output[-3000:]
+    result = json.loads(run.json.read_text())
+    (phase,) = result["phases"]
+    assert phase["errors"] == [] and phase["turns"] == phase["turns_expected"] == 120
+    assert phase["blocks_verified"] == phase["blocks_expected"] > 0
+    assert result["checksum_failures"] == 0 and phase["spot_check_failures"] == 0
+    # What the faults cost, counted: fallbacks and/or retries, reported, restarted.
+    assert phase["fallbacks"] + phase["retries"] >= 1, phase
+    assert phase["failures_reported"] >= 1 and phase["restarts"] >= 1
+    events = {c["event"]: c for c in phase["chaos"]}
+    assert set(events) == {"kill:decode-0@2s", "restart:controller@8s"}
+    for c in events.values():
+        assert c["error"] == "" and c["back_s"] is not None, c
+    assert "turns failed" in output and "0 turns failed" in output
+    # The controller drained the dead agent's engine when told, and took it back.
+    controller_log = "".join(p.read_text() for p in run.workdir.glob("controller-*.log"))
+    assert "agent reported failed" in controller_log
+    assert "engine back in service" in controller_log
+    assert result["processes_left"] == []
+    _assert_nothing_left(run)

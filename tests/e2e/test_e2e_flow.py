@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "dualpath"
 SAMPLE = REPO / "manifests" / "samples" / "dualpathcluster-minimal.yaml"
 DRIVER = Path(__file__).with_name("driver.py")
+DRIVER_LABELS = {"app": "e2e-driver"}
 RELEASE = "dualpath"
 OPERATOR_NS = "dualpath-system"
 GROUP, VERSION, PLURAL = "dualpath.io", "v1alpha1", "dualpathclusters"
@@ -94,10 +95,16 @@ class Flow:
         )
         spec.setdefault("agent", {}).update({"hostBuffer": "128Mi"})
         spec["nodes"] = {"prefill": {"gpusPerNode": 1}, "decode": {"gpusPerNode": 1}}
+        # The driver pod is a client of the agents and the controller: let it through their
+        # NetworkPolicies (enforced by kind's kindnet, not by the local cluster's bridge CNI).
+        spec["networkPolicy"] = {"clientsFrom": [{"podSelector": {"matchLabels": DRIVER_LABELS}}]}
         return obj
 
     def run_driver(self, args: list[str], timeout: float = 180) -> dict[str, Any]:
-        """Run tests/e2e/driver.py in a pod of the DualPath image; its RESULT line."""
+        """Run tests/e2e/driver.py in a pod of the DualPath image; its RESULT line. The
+        driver acts as an engine: it mounts the cluster's engine identity (mutual TLS)."""
+        from dualpath_operator.mtls import leaf_secret_name
+
         name = f"driver-{uuid.uuid4().hex[:6]}"
         self.core.create_namespaced_config_map(
             self.namespace,
@@ -106,7 +113,7 @@ class Flow:
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": "e2e-driver"}},
+            "metadata": {"name": name, "labels": dict(DRIVER_LABELS)},
             "spec": {
                 "restartPolicy": "Never",
                 "automountServiceAccountToken": False,
@@ -116,11 +123,26 @@ class Flow:
                         "name": "driver",
                         "image": self.env.image,
                         "imagePullPolicy": "IfNotPresent",
-                        "command": ["python3", "/driver/driver.py", *args],
-                        "volumeMounts": [{"name": "driver", "mountPath": "/driver"}],
+                        "command": [
+                            "python3",
+                            "/driver/driver.py",
+                            "--tls-dir",
+                            "/identity",
+                            *args,
+                        ],
+                        "volumeMounts": [
+                            {"name": "driver", "mountPath": "/driver"},
+                            {"name": "identity", "mountPath": "/identity", "readOnly": True},
+                        ],
                     }
                 ],
-                "volumes": [{"name": "driver", "configMap": {"name": name}}],
+                "volumes": [
+                    {"name": "driver", "configMap": {"name": name}},
+                    {
+                        "name": "identity",
+                        "secret": {"secretName": leaf_secret_name(self.cluster_name, "engine")},
+                    },
+                ],
             },
         }
         self.core.create_namespaced_pod(self.namespace, pod)

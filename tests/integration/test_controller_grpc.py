@@ -183,6 +183,51 @@ def test_silent_engines_are_drained_and_come_back():
             client.close()
 
 
+def test_a_reported_agent_failure_drains_at_once_and_reports_bring_it_back():
+    """ReportAgentFailure takes the failed agent's engines out of scheduling in one call
+    (the liveness timeout here is a minute), and their reports bring them back."""
+    with ControllerProcess(liveness_timeout_s=60, report_interval_ms=100) as proc:
+        client = ControllerClient(proc.target)
+        client.wait_ready()
+        register_cluster(client, prefill_nodes=1, decode_nodes=2)
+        decode = [
+            EngineReporter(
+                client,
+                pb.Engine(
+                    engine_id=f"d1-{g}",
+                    role=pb.ENGINE_ROLE_DECODE,
+                    node="dn1",
+                    hbm_capacity_tokens=10_000_000,
+                    agent_endpoint="dn1:7000",
+                ),
+                lambda: EngineLoad(free_hbm_tokens=10_000_000),
+            )
+            for g in range(2)
+        ]
+        try:
+            drained = client.report_agent_failure("dn1:7000", "connection refused")
+            assert sorted(drained) == ["d1-0", "d1-1"]
+            reasons = {e.engine.engine_id: e.drain_reason for e in client.status().engines}
+            assert reasons["d1-0"] == reasons["d1-1"] == "agent-failed"
+            for i in range(20):  # every decision avoids the failed node
+                a = client.schedule(f"r{i}", 2_000, 1_900, 100).assignment
+                assert a.decode_node == "dn0"
+            err = rpc_error(lambda: client.report_agent_failure("", "x"))
+            assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+            for reporter in decode:
+                reporter.start()
+            wait_until(
+                lambda: not any(e.drained for e in client.status().engines),
+                what="the reporting engines back in service",
+            )
+            text = httpx.get(f"http://127.0.0.1:{proc.metrics_port}/metrics").text
+            assert "dualpath_controller_agent_failures_total 1.0" in text
+        finally:
+            for reporter in decode:
+                reporter.stop()
+            client.close()
+
+
 def test_a_restarted_controller_rebuilds_from_reports():
     first = ControllerProcess(report_interval_ms=100).start()
     port = first.grpc_port

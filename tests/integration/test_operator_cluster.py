@@ -291,6 +291,7 @@ class Cluster:
             "Deployment": self.apps.list_namespaced_deployment,
             "Role": client.RbacAuthorizationV1Api(self.api).list_namespaced_role,
             "RoleBinding": client.RbacAuthorizationV1Api(self.api).list_namespaced_role_binding,
+            "NetworkPolicy": client.NetworkingV1Api(self.api).list_namespaced_network_policy,
         }
         for kind, lister in listers.items():
             for item in lister(self.ns, label_selector=selector).items:
@@ -558,6 +559,8 @@ EXPECTED_CHILDREN = {
     "Role/alpha-controller",
     "RoleBinding/alpha-controller",
     "PodDisruptionBudget/alpha-controller",
+    "NetworkPolicy/alpha-agents",
+    "NetworkPolicy/alpha-controller",
 }
 
 
@@ -583,6 +586,8 @@ def test_create_builds_every_child(env):
     container = pod["containers"][0]
     assert container["args"][:5] == ["agent", "--node", "$(NODE_NAME)", "--role", "prefill"]
     assert container["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     env_vars = {e["name"]: e.get("value") for e in container["env"]}
     assert env_vars["UCX_IB_TRAFFIC_CLASS"] == "40" and env_vars["NCCL_IB_TC"] == "104"
     owner = ds["metadata"]["ownerReferences"][0]
@@ -669,6 +674,26 @@ def test_spec_change_updates_children_and_rolls_agents(env):
         cluster.get("alpha")["status"]["configHash"]
         != before["spec"]["template"]["metadata"]["annotations"]["dualpath.io/config-hash"]
     )
+
+
+def test_network_policies_opt_out_and_back(env):
+    cluster, _ = env
+    networking = client.NetworkingV1Api(cluster.api)
+    ctl = cluster.raw(networking.read_namespaced_network_policy("alpha-controller", cluster.ns))
+    grpc = ctl["spec"]["ingress"][0]
+    assert grpc["ports"] == [{"protocol": "TCP", "port": 50051}]
+    assert grpc["from"] == [{"podSelector": {"matchLabels": {"dualpath.io/cluster": "alpha"}}}]
+
+    def policies() -> set[str]:
+        items = networking.list_namespaced_network_policy(
+            cluster.ns, label_selector="dualpath.io/cluster=alpha"
+        ).items
+        return {item.metadata.name for item in items}
+
+    cluster.patch_spec("alpha", {"networkPolicy": {"enabled": False}})
+    wait_for(lambda: not policies(), "NetworkPolicies to be pruned")
+    cluster.patch_spec("alpha", {"networkPolicy": {"enabled": True}})
+    wait_for(lambda: policies() == {"alpha-agents", "alpha-controller"}, "NetworkPolicies again")
 
 
 def test_deleted_or_edited_children_are_restored_without_fighting_others(env):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,14 +116,15 @@ def running_stack(
     controller_port: int = 0,
     liveness_timeout_s: float = 5.0,
     controller_tls: Path | None = None,
+    router_extra_args: Sequence[str] = (),
 ) -> Iterator[Stack]:
     """Engines, controller and router; `controller_tls`: a TLS Secret directory the
     controller serves with (tls.crt, tls.key) and the router trusts (ca.crt)."""
-    controller_args, router_args = [], []
+    controller_args, router_args = [], list(router_extra_args)
     if controller_tls is not None:
         controller_args = ["--tls-cert-file", str(controller_tls / "tls.crt")]
         controller_args += ["--tls-key-file", str(controller_tls / "tls.key")]
-        router_args = ["--controller-tls-ca", str(controller_tls / "ca.crt")]
+        router_args += ["--controller-tls-ca", str(controller_tls / "ca.crt")]
     with (
         RecordingEngine("prefill-0") as prefill,
         RecordingEngine("decode-0") as decode,

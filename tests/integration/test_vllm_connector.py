@@ -28,6 +28,7 @@ from dualpath_vllm.process import EngineProcess, EngineSpec, start_engines, stop
 from dualpath_vllm.reference import Completion, compare_runs, greedy_completion
 
 from tests.support.engines import tiny_model
+from tests.support.localcluster import wait_for
 from tests.support.localkube import free_port
 
 BLOCK = 64
@@ -47,8 +48,8 @@ class Rig:
     namespace: str
     workdir: Path
 
-    def chain(self, tokens: list[int]) -> list[ChainedBlock]:
-        return block_chain(tokens, BLOCK, parent=root_hash(self.namespace))
+    def chain(self, tokens: list[int], cache_salt: str | None = None) -> list[ChainedBlock]:
+        return block_chain(tokens, BLOCK, parent=root_hash(self.namespace, cache_salt))
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +102,14 @@ def prompt(seed: int, n: int) -> list[int]:
 
 
 def ask(
-    engine: EngineProcess, tokens: list[int], params: DualPathParams | None = None
+    engine: EngineProcess,
+    tokens: list[int],
+    params: DualPathParams | None = None,
+    cache_salt: str | None = None,
 ) -> Completion:
-    extra = {"kv_transfer_params": params.to_body()} if params else None
+    extra: dict[str, object] = {"kv_transfer_params": params.to_body()} if params else {}
+    if cache_salt is not None:
+        extra["cache_salt"] = cache_salt
     return greedy_completion(engine.base_url, tokens, TOKENS_OUT, extra_body=extra)
 
 
@@ -287,3 +293,41 @@ def test_async_load_from_a_dead_decode_agent_is_recomputed(rig):
     # Counted where an operator looks: the engine's own /metrics.
     assert engine_counter(rig.prefill_async, "vllm:dualpath_load_failures_total") > failures
     assert engine_counter(rig.prefill_async, "vllm:dualpath_load_retries_total") >= 1
+
+
+def test_tenants_with_different_cache_salts_share_no_block(rig):
+    """vLLM's `cache_salt` roots the request's hash chain: tenant B's identical prompt finds
+    none of tenant A's blocks and stores its own; A's next turn hits A's blocks."""
+    base = prompt(seed=71, n=6 * BLOCK)
+    a_chain, b_chain = rig.chain(base, "tenant-a"), rig.chain(base, "tenant-b")
+    assert not {b.block_hash for b in a_chain} & {b.block_hash for b in b_chain}
+    # Tenant A's first turn (decode engine, standalone): 6 blocks under A's chain only.
+    assert_same(ask(rig.decode, base, cache_salt="tenant-a"), ask(rig.reference, base))
+    assert stored(rig.prefill_agent, a_chain) == 6
+    assert stored(rig.prefill_agent, rig.chain(base)) == 0
+    assert stored(rig.prefill_agent, b_chain) == 0
+
+    # Tenant B, the same prompt and more: its Lookup finds nothing, nothing is read.
+    turn2 = base + prompt(seed=72, n=40)
+    assert stored(rig.prefill_agent, rig.chain(turn2[:-1], "tenant-b")) == 0
+    before = reads(rig.prefill_agent)
+    assert_same(ask(rig.prefill, turn2, cache_salt="tenant-b"), ask(rig.reference, turn2))
+    assert reads(rig.prefill_agent) == before
+    # The store now holds both tenants' blocks, side by side, none shared.
+    b_turn2 = rig.chain(turn2, "tenant-b")
+    assert len(b_turn2) == 6 and stored(rig.prefill_agent, b_turn2) == 6
+    assert stored(rig.prefill_agent, a_chain) == 6
+    assert not {b.block_hash for b in a_chain} & {b.block_hash for b in b_turn2}
+
+    # Tenant A's second turn hits A's 6 blocks (loaded, then the same tokens as recompute).
+    assert stored(rig.prefill_agent, rig.chain(turn2[:-1], "tenant-a")) == 6
+    loaded = engine_counter(rig.prefill, "vllm:dualpath_blocks_loaded_total")
+    before = reads(rig.prefill_agent)
+    assert_same(ask(rig.prefill, turn2, cache_salt="tenant-a"), ask(rig.reference, turn2))
+    assert reads(rig.prefill_agent) > before
+    wait_for(
+        "blocks_loaded counted",
+        lambda: engine_counter(rig.prefill, "vllm:dualpath_blocks_loaded_total") >= loaded + 6,
+        10,
+        lambda: None,
+    )

@@ -39,6 +39,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "metrics": {"service": {"enabled": False}},
         "grafana": {"dashboard": {"enabled": False}},
         "operator": {"leaderElection": {"enabled": False}},
+        "networkPolicy": {"enabled": False},
     },
 }
 
@@ -201,7 +202,11 @@ def test_rbac_has_no_wildcards_secrets_or_escalation() -> None:
                     "metadata"
                 ]
                 assert not DANGEROUS_VERBS & set(rule["verbs"]), role["metadata"]
-                assert "secrets" not in rule["resources"], role["metadata"]
+                # Secrets: only the operator's own reconcile role, which issues the
+                # clusters' mTLS CA and certificates; never a collection delete.
+                if "secrets" in rule["resources"]:
+                    assert (kind, role["metadata"]["name"]) == ("ClusterRole", "dualpath-operator")
+                    assert "deletecollection" not in rule["verbs"]
 
 
 def test_operator_may_manage_every_child_kind_it_watches() -> None:

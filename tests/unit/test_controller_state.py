@@ -166,6 +166,32 @@ def test_silent_engines_are_drained_and_return_when_they_report():
     assert state.counters.drains == 2
 
 
+def test_a_reported_agent_failure_drains_its_engines_until_a_later_report():
+    state = new_state(timeout=10.0)
+    holdoff = state.agent_failure_holdoff_s
+    failure = pb.AgentFailureReport(agent_endpoint="nd:7000", reason="connection refused")
+    assert state.agent_failed(failure, now=1.0) == ["d0"]
+    assert state.view.engines["d0"].drained and not state.view.engines["p0"].drained
+    code, _ = code_of(lambda: state.schedule(sched("r")))
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED  # the only decode engine is out
+    assert state.agent_failed(failure, now=1.1) == []  # already drained: counted once
+    # A report sent before the agent could be back (within the holdoff) proves nothing.
+    state.report(pb.LoadReport(engine_id="d0", report_seq=1, free_hbm_tokens=10_000), 1.2)
+    assert state.view.engines["d0"].drained
+    state.report(pb.LoadReport(engine_id="d0", report_seq=2, free_hbm_tokens=10_000), 1.1 + holdoff)
+    assert not state.view.engines["d0"].drained
+    assert state.schedule(sched("r2")).assignment.decode_engine_id == "d0"
+    assert state.counters.agent_failures == 2 and state.counters.drains == 1
+
+
+def test_agent_failure_reports_are_validated_and_unknown_agents_drain_nothing():
+    state = new_state()
+    code, text = code_of(lambda: state.agent_failed(pb.AgentFailureReport(), now=0))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "agent_endpoint" in text
+    unknown = pb.AgentFailureReport(agent_endpoint="elsewhere:1", reason="x" * 10_000)
+    assert state.agent_failed(unknown, now=0) == []
+
+
 def test_complete_and_cancel_release_and_unknown_ids_are_not_found():
     state = new_state()
     state.schedule(sched("r1"))

@@ -65,6 +65,7 @@ def test_every_child_is_owned_labelled_and_namespaced():
             "DaemonSet",
             "Deployment",
             "NetworkAttachmentDefinition",
+            "NetworkPolicy",
             "PodDisruptionBudget",
             "Role",
             "RoleBinding",
@@ -129,7 +130,10 @@ def test_agents_get_ipc_lock_and_are_privileged_only_when_asked():
     assert sc["runAsUser"] == 0 and sc["runAsNonRoot"] is False
     asked = daemonset.build(ctx({"agent": {"privileged": True}}))[0]
     assert asked["spec"]["template"]["spec"]["containers"][0]["securityContext"] == {
-        "privileged": True
+        "privileged": True,
+        "runAsUser": 0,
+        "runAsNonRoot": False,
+        "readOnlyRootFilesystem": True,
     }
 
 
@@ -231,7 +235,10 @@ def test_controller_deployment_and_services():
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "demo-controller"
     assert pod["containers"][0]["args"][:1] == ["controller"]
-    assert {"name": "tls", "secret": {"secretName": "tls"}} in pod["volumes"]
+    assert {
+        "name": "mtls",
+        "secret": {"secretName": "demo-controller-tls", "defaultMode": 0o440},
+    } in pod["volumes"]
     assert "podAntiAffinity" in pod["affinity"]
     ctl_svc, agents_svc = service.build(c)
     assert ctl_svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
@@ -241,29 +248,30 @@ def test_controller_deployment_and_services():
     assert [p["name"] for p in no_metrics["spec"]["ports"]] == ["grpc"]
 
 
-def test_tls_secret_makes_the_controller_serve_tls_and_agents_trust_it_without_its_key():
-    c = ctx({"trafficController": {"tlsSecretName": "ctl-tls"}})
-    ctl = deployment.build(c)[0]["spec"]["template"]["spec"]["containers"][0]
-    args = ctl["args"]
-    assert args[args.index("--tls-cert-file") + 1] == "/etc/dualpath-tls/tls.crt"
-    assert args[args.index("--tls-key-file") + 1] == "/etc/dualpath-tls/tls.key"
-    assert {"name": "tls", "mountPath": "/etc/dualpath-tls", "readOnly": True} in ctl[
-        "volumeMounts"
-    ]
-    for ds in daemonset.build(c):
-        pod = ds["spec"]["template"]["spec"]
-        agent_args = pod["containers"][0]["args"]
-        assert agent_args[agent_args.index("--controller-tls-ca") + 1] == "/etc/dualpath-tls"
-        (volume,) = [v for v in pod["volumes"] if v["name"] == "controller-tls"]
-        assert volume["secret"]["secretName"] == "ctl-tls" and volume["secret"]["optional"]
-        assert sorted(item["key"] for item in volume["secret"]["items"]) == ["ca.crt", "tls.crt"]
-    plain = ctx()
-    assert (
-        "--tls-cert-file"
-        not in deployment.build(plain)[0]["spec"]["template"]["spec"]["containers"][0]["args"]
-    )
-    for ds in daemonset.build(plain):
-        assert "--controller-tls-ca" not in ds["spec"]["template"]["spec"]["containers"][0]["args"]
+def test_mutual_tls_replaces_the_controllers_server_only_tls():
+    """Every pod mounts its role's identity Secret and passes --tls-dir; a tlsSecretName
+    no longer changes the pods (mutual TLS replaces it; status says so)."""
+    for spec in ({}, {"trafficController": {"tlsSecretName": "ctl-tls"}}):
+        c = ctx(spec)
+        ctl = deployment.build(c)[0]["spec"]["template"]["spec"]
+        args = ctl["containers"][0]["args"]
+        assert args[args.index("--tls-dir") + 1] == "/etc/dualpath-mtls"
+        assert "--tls-cert-file" not in args and "--insecure" not in args
+        assert {"name": "mtls", "mountPath": "/etc/dualpath-mtls", "readOnly": True} in ctl[
+            "containers"
+        ][0]["volumeMounts"]
+        assert {
+            "name": "mtls",
+            "secret": {"secretName": "demo-controller-tls", "defaultMode": 0o440},
+        } in ctl["volumes"]
+        for ds in daemonset.build(c):
+            pod = ds["spec"]["template"]["spec"]
+            agent_args = pod["containers"][0]["args"]
+            assert agent_args[agent_args.index("--tls-dir") + 1] == "/etc/dualpath-mtls"
+            assert "--controller-tls-ca" not in agent_args and "--insecure" not in agent_args
+            (volume,) = [v for v in pod["volumes"] if v["name"] == "mtls"]
+            assert volume["secret"] == {"secretName": "demo-agent-tls", "defaultMode": 0o440}
+            assert not any("ctl-tls" in json.dumps(v) for v in pod["volumes"])
 
 
 def test_rbac_is_least_privilege():

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from dualpath_operator.status import (
+    CertificatesState,
     MonitoringState,
     NetworkState,
     Observation,
@@ -33,6 +34,9 @@ def obs(**kw: Any) -> Observation:
         "network": NO_NET,
         "monitoring": MonitoringState(
             metrics=True, service_monitor_requested=False, service_monitor_supported=False
+        ),
+        "certificates": CertificatesState(
+            requested="auto", mode="operator", cert_manager_served=False
         ),
         "config_hash": "abc",
         "controller_endpoint": "demo-controller.ns.svc:50051",
@@ -92,6 +96,7 @@ def test_all_ready():
         "Degraded": ("False", "AsExpected"),
         "NetworkReady": ("True", "NoAttachments"),
         "MonitoringReady": ("True", "ServiceMonitorNotRequested"),
+        "CertificatesReady": ("True", "OperatorIssued"),
     }
     assert status.agents.prefill.summary == "2/2"
     assert status.observed_generation == 3

@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+from dualpath_common import tls
 from dualpath_common.logs import configure_logging
 
 from dualpath_controller.policy import describe_policies, get_policy, parse_policy_params
@@ -78,6 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tls-key-file", type=Path, help="the PEM private key (tls.key)")
     parser.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="mutual TLS identity directory (ca.crt, tls.crt, tls.key): serve only callers with"
+        " a certificate of this CA, authorized by role",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow serving without caller authentication: plaintext, or server-only TLS with"
+        " --tls-cert-file; one of --tls-dir or --insecure is required",
+    )
+    parser.add_argument(
         "--ready-file",
         type=Path,
         help="write {grpc_port, metrics_port, pid} as JSON here once serving",
@@ -111,6 +124,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     metrics_port = None if args.metrics_port < 0 else args.metrics_port
     try:
+        if args.tls_dir is not None and args.tls_cert_file is not None:
+            raise ValueError("--tls-dir and --tls-cert-file exclude each other")
+        identity = tls.identity_or_insecure(args.tls_dir, args.insecure, "controller")
+    except (ValueError, OSError) as exc:
+        print(f"dualpath controller: {exc}", file=sys.stderr)
+        return 2
+    try:
         server = ControllerServer(
             state,
             args.listen,
@@ -120,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             metrics_port=metrics_port,
             tls_cert_file=args.tls_cert_file,
             tls_key_file=args.tls_key_file,
+            identity=identity,
         )
     except (ValueError, OSError) as exc:
         print(f"dualpath controller: {exc}", file=sys.stderr)

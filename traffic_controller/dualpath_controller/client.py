@@ -60,14 +60,36 @@ class EngineLoad:
 
 class ControllerClient:
     def __init__(
-        self, target: str, *, timeout_s: float = 5.0, tls_ca: str | Path | None = None
+        self,
+        target: str,
+        *,
+        timeout_s: float = 5.0,
+        tls_ca: str | Path | None = None,
+        identity: tls.IdentityDir | None = None,
     ) -> None:
-        """`tls_ca`: a CA file or a mounted TLS Secret directory; the channel is plaintext
-        without it (the controller then must listen without TLS too)."""
+        """`identity`: mutual TLS with this identity directory (the controller is verified
+        as pki.role_dns_name("controller")). `tls_ca`: server-only TLS trusting a CA file or
+        a mounted TLS Secret directory. Neither: plaintext (the controller then must listen
+        without TLS too)."""
         self.target = target
         self.timeout_s = timeout_s
-        self.channel = tls.channel(target, tls_ca)
-        self.stub = pb_grpc.TrafficControllerStub(self.channel)
+        self._channels = tls.RenewingChannel(
+            lambda: tls.channel(target, tls_ca, identity=identity, server_role="controller"),
+            identity,
+        )
+        self._stub_of: tuple[grpc.Channel, pb_grpc.TrafficControllerStub] | None = None
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The current channel (a new one after a certificate rotation, see tls.py)."""
+        return self._channels.current()[0]
+
+    @property
+    def stub(self) -> pb_grpc.TrafficControllerStub:
+        channel = self.channel
+        if self._stub_of is None or self._stub_of[0] is not channel:
+            self._stub_of = (channel, pb_grpc.TrafficControllerStub(channel))
+        return self._stub_of[1]
 
     def __enter__(self) -> ControllerClient:
         return self
@@ -78,7 +100,8 @@ class ControllerClient:
         self.close()
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self._channels.all():
+            channel.close()
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
@@ -119,6 +142,14 @@ class ControllerClient:
         """Send one report; returns False when the controller found it stale."""
         report = pb.LoadReport(engine_id=engine_id, report_seq=report_seq, **vars(load))
         return self.stub.ReportLoad(report, timeout=self.timeout_s).accepted
+
+    def report_agent_failure(self, agent_endpoint: str, reason: str) -> list[str]:
+        """Tell the controller an agent failed under us; returns the engines it drained."""
+        reply = self.stub.ReportAgentFailure(
+            pb.AgentFailureReport(agent_endpoint=agent_endpoint, reason=reason[:256]),
+            timeout=self.timeout_s,
+        )
+        return list(reply.drained_engine_ids)
 
     def schedule(
         self,
@@ -409,6 +440,7 @@ class _SessionCore:
         max_batch: int,
         release_linger_s: float,
         tls_ca: str | Path | None = None,
+        identity: tls.IdentityDir | None = None,
     ) -> None:
         if streams < 1:
             raise ValueError(f"streams must be >= 1, got {streams}")
@@ -418,7 +450,13 @@ class _SessionCore:
             raise ValueError(f"release_linger_s must be in [0, 1], got {release_linger_s}")
         self.max_batch = max_batch
         self.release_linger_s = release_linger_s
-        self.channel = tls.aio_channel(target, tls_ca)  # binds to the running loop
+        # Binds to the running loop. A new stream after a certificate rotation opens on a
+        # new channel (see tls.RenewingChannel); open streams keep theirs.
+        self._channels = tls.RenewingChannel(
+            lambda: tls.aio_channel(target, tls_ca, identity=identity, server_role="controller"),
+            identity,
+        )
+        self.channel = self._channels.current()[0]
         self.stub = pb_grpc.TrafficControllerStub(self.channel)
         self.streams: list[_SessionStream | None] = [None] * streams
         self.next_id = itertools.count(1)  # next() is atomic under the GIL
@@ -442,6 +480,9 @@ class _SessionCore:
             if stream is not None:
                 self._messages_closed += stream.messages_sent
                 self._operations_closed += stream.operations_sent
+            channel, renewed = self._channels.current()
+            if renewed:
+                self.channel, self.stub = channel, pb_grpc.TrafficControllerStub(channel)
             stream = _SessionStream(self.stub, self.max_batch, slot, self.release_linger_s)
             self.streams[slot] = stream
             self.streams_opened += 1
@@ -472,7 +513,8 @@ class _SessionCore:
         except TimeoutError:
             for stream in streams:
                 stream.cancel()
-        await self.channel.close(None)
+        for channel in self._channels.all():
+            await channel.close(None)
 
 
 class AsyncControllerSession:
@@ -491,10 +533,11 @@ class AsyncControllerSession:
         max_batch: int = 256,
         release_linger_s: float = RELEASE_LINGER_S,
         tls_ca: str | Path | None = None,
+        identity: tls.IdentityDir | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._core = _SessionCore(target, streams, max_batch, release_linger_s, tls_ca)
+        self._core = _SessionCore(target, streams, max_batch, release_linger_s, tls_ca, identity)
         self._loop = asyncio.get_running_loop()
         self._closed = False
 
@@ -643,6 +686,7 @@ class ControllerSession:
         max_batch: int = 256,
         release_linger_s: float = RELEASE_LINGER_S,
         tls_ca: str | Path | None = None,
+        identity: tls.IdentityDir | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
@@ -658,7 +702,7 @@ class ControllerSession:
         self._thread.start()
 
         async def make_core() -> _SessionCore:
-            return _SessionCore(target, streams, max_batch, release_linger_s, tls_ca)
+            return _SessionCore(target, streams, max_batch, release_linger_s, tls_ca, identity)
 
         try:
             self._core = self._on_loop(make_core())
@@ -828,6 +872,12 @@ class ControllerSession:
             self._loop.close()
 
 
+class EngineDown(Exception):
+    """Raised by an EngineReporter's load function when the engine (or its node's agent)
+    does not answer: no report is sent, so the controller drains the engine after its
+    liveness timeout and takes it back with the next report."""
+
+
 class EngineReporter:
     """Background registration + periodic load reports for one engine."""
 
@@ -885,6 +935,8 @@ class EngineReporter:
         while not self._stop.is_set():
             try:
                 self.report_once()
+            except EngineDown as exc:
+                log.debug("engine down: not reported", extra={"reason": str(exc)})
             except grpc.RpcError as exc:
                 log.debug("report failed", extra={"code": exc.code().name})
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:

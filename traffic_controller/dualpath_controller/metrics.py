@@ -187,7 +187,7 @@ class _StateCollector(Collector):
         yield registered
         yield GaugeMetricFamily(
             "dualpath_controller_drained_engines",
-            "Engines drained (missed reports) right now",
+            "Engines drained (missed reports or a failed agent) right now",
             value=sum(1 for e in engines if e.drained),
         )
         yield GaugeMetricFamily(
@@ -197,7 +197,16 @@ class _StateCollector(Collector):
         )
         counters = self.state.counters
         for name, help_text, value in (
-            ("dualpath_controller_drains", "Engines drained for missed reports", counters.drains),
+            (
+                "dualpath_controller_drains",
+                "Engines drained (missed reports or a reported agent failure)",
+                counters.drains,
+            ),
+            (
+                "dualpath_controller_agent_failures",
+                "Agent failures reported by callers (ReportAgentFailure)",
+                counters.agent_failures,
+            ),
             (
                 "dualpath_controller_rejected",
                 "Schedule calls refused for lack of capacity",

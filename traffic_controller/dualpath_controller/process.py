@@ -3,6 +3,10 @@
 The child writes a ready file with its ports once it serves; `ControllerProcess.stop()`
 sends SIGTERM to that pid (SIGKILL after a grace period). Use it as a context manager so
 the process is stopped even when the caller fails.
+
+Security: `tls_dir` makes it serve mutual TLS with that identity directory; without it
+(and without --tls-dir in extra_args) the launcher asks for --insecure, which the
+controller only does when asked (server-only TLS via --tls-cert-file included).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class ControllerProcess(ReadyFileProcess):
         metrics_port: int = 0,
         extra_args: list[str] | None = None,
         log_path: Path | None = None,
+        tls_dir: Path | None = None,
     ) -> None:
         super().__init__([], log_path)
         self.args = [
@@ -50,7 +55,12 @@ class ControllerProcess(ReadyFileProcess):
         ]
         for key, value in (params or {}).items():
             self.args += ["--policy-param", f"{key}={value}"]
-        self.args += extra_args or []
+        extra = list(extra_args or [])
+        if tls_dir is not None:
+            self.args += ["--tls-dir", str(tls_dir)]
+        elif "--tls-dir" not in extra and "--insecure" not in extra:
+            self.args.append("--insecure")
+        self.args += extra
         self.grpc_port = 0
         self.metrics_port: int | None = None
 

@@ -39,7 +39,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from dualpath.v1 import traffic_controller_pb2 as pb
 from dualpath.v1 import traffic_controller_pb2_grpc as pb_grpc
-from dualpath_common import tls
+from dualpath_common import authz, grpc_input, tls
 from dualpath_common.observability import ObservabilityServer
 
 from dualpath_controller.state import ControllerError, ControllerState
@@ -177,6 +177,14 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
         accepted = await self._run("ReportLoad", context, self.state.report, request, self.clock())
         return pb.ReportLoadResponse(accepted=accepted)
 
+    async def ReportAgentFailure(
+        self, request: pb.AgentFailureReport, context: Any
+    ) -> pb.AgentFailureResponse:
+        drained = await self._run(
+            "ReportAgentFailure", context, self.state.agent_failed, request, self.clock()
+        )
+        return pb.AgentFailureResponse(drained_engine_ids=drained)
+
     async def StreamLoad(
         self, request_iterator: AsyncIterator[pb.LoadReport], context: Any
     ) -> pb.ReportLoadResponse:
@@ -310,20 +318,36 @@ class ControllerServer:
         max_sessions: int = 16,
         tls_cert_file: str | Path | None = None,
         tls_key_file: str | Path | None = None,
+        identity: tls.IdentityDir | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`identity`: mutual TLS, callers authorized by role (dualpath_common.authz).
+        `tls_cert_file`/`tls_key_file`: server-only TLS (a user-provided certificate; callers
+        are not authenticated). Neither: plaintext."""
         if (tls_cert_file is None) != (tls_key_file is None):
             raise ValueError("TLS needs both a certificate and a key file (or neither)")
+        if identity is not None and tls_cert_file is not None:
+            raise ValueError(
+                "a TLS identity directory and a TLS certificate file exclude each other"
+            )
+
+        def on_reload(outcome: str) -> None:
+            state.metrics.tls_reloads.labels(outcome).inc()
+
         # Read now: a missing or malformed file is a startup error that names it.
-        self.credentials = (
-            tls.ReloadingServerCertificate(
-                tls_cert_file,
-                tls_key_file,
-                lambda outcome: state.metrics.tls_reloads.labels(outcome).inc(),
+        self.credentials: grpc.ServerCredentials | None = None
+        self.identity = identity
+        self.authz_metrics = authz.AuthzMetrics(state.metrics.registry)
+        self.security_mode = "insecure"
+        if identity is not None:
+            self.credentials = identity.server_credentials(on_reload)
+            self.security_mode = "mtls"
+        elif tls_cert_file is not None and tls_key_file is not None:
+            self.credentials = tls.ReloadingServerCertificate(
+                tls_cert_file, tls_key_file, on_reload
             ).credentials()
-            if tls_cert_file is not None and tls_key_file is not None
-            else None
-        )
+            self.security_mode = "server-tls"
+        self.authz_metrics.set_mode(self.security_mode)
         if max_workers < 4:
             raise ValueError(f"max_workers must be >= 4, got {max_workers}")
         if max_sessions < 0:
@@ -380,15 +404,26 @@ class ControllerServer:
                 "params": self.state.policy.params,
                 "max_workers": self.max_workers,
                 "max_sessions": self.max_sessions,
-                "tls": self.credentials is not None,
+                "tls": self.security_mode,
+                "identity": self.identity.identity.uri if self.identity else None,
                 "metrics_port": self.observability.port if self.observability else None,
             },
         )
         return self.port
 
     async def _start(self) -> int:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_TrafficControllerServicer_to_server(self.service, server)
+        interceptors = []
+        if self.identity is not None:
+            authorizer = authz.Authorizer(self.identity.identity, self.authz_metrics)
+            interceptors.append(authz.AioAuthzInterceptor(authorizer))
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0)],
+            interceptors=interceptors,  # type: ignore[arg-type]
+        )
+        # Corrupt request bytes: INVALID_ARGUMENT, not UNKNOWN with a traceback logged.
+        grpc_input.add_servicer(
+            pb_grpc.add_TrafficControllerServicer_to_server, self.service, server
+        )
         if self.credentials is None:
             port = server.add_insecure_port(self.listen)
         else:

@@ -39,6 +39,8 @@ MAX_TOKENS = 1 << 40
 MAX_ID_LENGTH = 256
 UINT32_MAX = 2**32 - 1
 DRAIN_MISSED_REPORTS = "missed-reports"
+DRAIN_AGENT_FAILED = "agent-failed"
+MAX_REASON_LENGTH = 256
 
 
 class ControllerError(Exception):
@@ -59,6 +61,8 @@ class EngineRecord:
     last_seq: int = 0
     last_report: pb.LoadReport | None = None
     drain_reason: str = ""
+    # When a caller last reported this engine's agent failed (drain_reason agent-failed).
+    agent_failed_at: float = 0.0
     assigned_requests: int = 0
     assigned_tokens: int = 0
 
@@ -108,6 +112,7 @@ class Counters:
     completed: int = 0
     cancelled: int = 0
     drains: int = 0
+    agent_failures: int = 0
     stale_reports: int = 0
     expired: int = 0
 
@@ -133,6 +138,7 @@ class ControllerState:
         report_interval_s: float = 0.5,
         remember_finished: int = 100_000,
         request_ttl_s: float = 3_600.0,
+        agent_failure_holdoff_s: float | None = None,
         metrics: ControllerMetrics | None = None,
     ) -> None:
         if liveness_timeout_s <= 0 or report_interval_s <= 0 or request_ttl_s <= 0:
@@ -141,6 +147,13 @@ class ControllerState:
         self.view = ClusterView()
         self.liveness_timeout_s = liveness_timeout_s
         self.report_interval_s = report_interval_s
+        # A report sent this long after an agent failure report proves the agent is back
+        # (two report intervals: a report already in flight when it failed does not).
+        self.agent_failure_holdoff_s = (
+            max(0.5, 2 * report_interval_s)
+            if agent_failure_holdoff_s is None
+            else agent_failure_holdoff_s
+        )
         self.records: dict[str, EngineRecord] = {}
         # In-flight decisions, then (bounded) finished ones so retries stay idempotent.
         self.in_flight: dict[str, StoredDecision] = {}
@@ -254,11 +267,48 @@ class ControllerState:
             read_queue_bytes=report.read_queue_bytes,
             snic_inflight_bytes=report.snic_inflight_bytes,
         )
-        if record.drain_reason == DRAIN_MISSED_REPORTS:
+        if record.drain_reason == DRAIN_MISSED_REPORTS or (
+            record.drain_reason == DRAIN_AGENT_FAILED
+            and now - record.agent_failed_at >= self.agent_failure_holdoff_s
+        ):
+            log.info(
+                "engine back in service",
+                extra={"engine_id": report.engine_id, "was": record.drain_reason},
+            )
             record.drain_reason = ""
             view.set_drained(report.engine_id, False)
-            log.info("engine back in service", extra={"engine_id": report.engine_id})
         return True
+
+    def agent_failed(self, failure: pb.AgentFailureReport, now: float) -> list[str]:
+        """A caller saw an agent fail: drain the engines it serves now, not after the
+        liveness timeout. Returns the engines newly drained. An agent no engine names is
+        not an error (it may have been replaced already)."""
+        _check_id("agent_endpoint", failure.agent_endpoint)
+        reason = failure.reason[:MAX_REASON_LENGTH]
+        self.counters.agent_failures += 1
+        drained = []
+        for engine_id, record in self.records.items():
+            if record.engine.agent_endpoint != failure.agent_endpoint:
+                continue
+            record.agent_failed_at = now
+            if record.drain_reason:
+                if record.drain_reason == DRAIN_MISSED_REPORTS:
+                    record.drain_reason = DRAIN_AGENT_FAILED
+                continue
+            record.drain_reason = DRAIN_AGENT_FAILED
+            self.view.set_drained(engine_id, True)
+            self.counters.drains += 1
+            drained.append(engine_id)
+        log.warning(
+            "agent reported failed: its engines are drained until they report again",
+            extra={
+                "agent_endpoint": failure.agent_endpoint,
+                "reason": reason,
+                "drained": drained,
+                "holdoff_s": self.agent_failure_holdoff_s,
+            },
+        )
+        return drained
 
     def sweep(self, now: float) -> list[str]:
         """Drain engines whose last report (or registration) is older than the timeout, and

@@ -8,10 +8,12 @@ Order matters only a little: identities, config and Services (phase 0) go before
 from __future__ import annotations
 
 from dualpath_operator.children import (
+    certmanager,
     configmap,
     daemonset,
     deployment,
     nad,
+    networkpolicy,
     pdb,
     rbac,
     service,
@@ -23,8 +25,10 @@ from dualpath_operator.kube import ApiError, KubeClient, Obj
 
 CHILD_KINDS: tuple[ChildKind, ...] = (
     *rbac.KINDS,
+    *certmanager.KINDS,
     configmap.KIND,
     service.KIND,
+    networkpolicy.KIND,
     nad.KIND,
     daemonset.KIND,
     deployment.KIND,

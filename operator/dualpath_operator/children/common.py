@@ -230,7 +230,8 @@ def resolve_config(ctx: ClusterContext) -> Obj:
             "policy": ctl.policy,
             "parameters": ctl.parameters.model_dump(mode="json", by_alias=True),
             "policyParams": resolved_policy_params(spec),
-            "tls": ctl.tls_secret_name is not None,
+            # Always: mutual TLS with the operator's or cert-manager's certificates.
+            "tls": True,
         },
     }
 

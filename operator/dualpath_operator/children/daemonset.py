@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dualpath_operator.children import pod
+from dualpath_operator.children import pod, security
 from dualpath_operator.children.common import ROLES, ChildKind, ClusterContext
 from dualpath_operator.children.env import collectives_env, kv_env, pod_identity_env
 from dualpath_operator.constants import MULTUS_ANNOTATION
@@ -14,6 +14,8 @@ from dualpath_operator.validation import effective_traffic_class
 
 DAEMON_SET = ResourceType("apps/v1", "DaemonSet", "daemonsets")
 COMPONENT = "agent"
+# The agent's /tmp (the root filesystem is read-only): room for UCX/NIXL scratch files.
+AGENT_SCRATCH_SIZE = "256Mi"
 
 
 def default_args(ctx: ClusterContext, role: str) -> list[str]:
@@ -41,7 +43,7 @@ def default_args(ctx: ClusterContext, role: str) -> list[str]:
         str(quantity_bytes(agent.host_buffer)),
         "--controller",
         ctx.controller_address,
-        *pod.controller_tls_args(ctx, "client"),
+        *pod.mtls_args(),
     ]
     kv = ctx.qos_by_purpose.get("kvCache")
     if kv is not None:
@@ -93,19 +95,9 @@ def storage_volume(ctx: ClusterContext) -> tuple[Obj, Obj]:
 
 
 def security_context(ctx: ClusterContext) -> Obj:
-    if ctx.spec.agent.privileged:
-        return {"privileged": True}
-    # IPC_LOCK lets the agent pin (register) its DRAM buffer for RDMA; nothing else. Added
-    # capabilities only reach a process running as uid 0 (Kubernetes sets no ambient
-    # capabilities), and the hostPath block store is root-owned: the image's default
-    # non-root user could neither mlock nor write its store.
-    return {
-        "privileged": False,
-        "runAsUser": 0,
-        "runAsNonRoot": False,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"add": ["IPC_LOCK"], "drop": ["ALL"]},
-    }
+    # Root with IPC_LOCK only (hostPath, or asked for), else non-root with nothing added;
+    # the reasons are in children/security.py.
+    return security.agent_container_security_context(ctx.spec)
 
 
 def node_affinity(ctx: ClusterContext, role: str) -> Obj | None:
@@ -129,10 +121,9 @@ def agent_container(ctx: ClusterContext, role: str) -> Obj:
     agent = ctx.spec.agent
     _, config_mount = pod.config_volume(ctx)
     _, store_mount = storage_volume(ctx)
-    mounts = [config_mount, store_mount]
-    tls = pod.tls_trust_volume(ctx)
-    if tls:
-        mounts.append(tls[1])
+    _, scratch_mount = security.scratch_volume(AGENT_SCRATCH_SIZE)
+    mounts = [config_mount, store_mount, scratch_mount]
+    mounts.append(pod.mtls_volume(ctx, "agent")[1])
     env = [
         *pod_identity_env(),
         {"name": "DUALPATH_ROLE", "value": role},
@@ -173,14 +164,14 @@ def agent_daemonset(ctx: ClusterContext, role: str) -> Obj:
         annotations[MULTUS_ANNOTATION] = multus_networks(ctx)
     config_volume, _ = pod.config_volume(ctx)
     store_volume, _ = storage_volume(ctx)
-    volumes = [config_volume, store_volume]
-    tls = pod.tls_trust_volume(ctx)
-    if tls:
-        volumes.append(tls[0])
+    scratch, _ = security.scratch_volume(AGENT_SCRATCH_SIZE)
+    volumes = [config_volume, store_volume, scratch]
+    volumes.append(pod.mtls_volume(ctx, "agent")[0])
     pod_spec: Obj = {
         "serviceAccountName": ctx.agent_service_account,
         # Agents do not talk to the Kubernetes API: no token in the pod.
         "automountServiceAccountToken": False,
+        "securityContext": security.agent_pod_security_context(ctx.spec),
         "nodeSelector": dict(pool.node_selector),
         "tolerations": [
             t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in pool.tolerations

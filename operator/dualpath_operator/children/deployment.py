@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dualpath_operator.children import pod
+from dualpath_operator.children import pod, security
 from dualpath_operator.children.common import ChildKind, ClusterContext
 from dualpath_operator.children.env import pod_identity_env
 from dualpath_operator.kube import Obj, ResourceType
@@ -10,6 +10,7 @@ from dualpath_operator.policy import resolved_policy_params
 
 DEPLOYMENT = ResourceType("apps/v1", "Deployment", "deployments")
 COMPONENT = "controller"
+CONTROLLER_SCRATCH_SIZE = "64Mi"
 
 
 def default_args(ctx: ClusterContext) -> list[str]:
@@ -34,7 +35,7 @@ def default_args(ctx: ClusterContext) -> list[str]:
         f"{ctl.parameters.engine_timeout_seconds:g}",
         "--log-level",
         ctl.log_level.upper(),
-        *pod.controller_tls_args(ctx, "server"),
+        *pod.mtls_args(),
     ]
     return args
 
@@ -42,10 +43,9 @@ def default_args(ctx: ClusterContext) -> list[str]:
 def controller_container(ctx: ClusterContext) -> Obj:
     ctl = ctx.spec.traffic_controller
     _, config_mount = pod.config_volume(ctx)
-    mounts = [config_mount]
-    tls = pod.tls_volume(ctx)
-    if tls:
-        mounts.append(tls[1])
+    _, scratch_mount = security.scratch_volume(CONTROLLER_SCRATCH_SIZE)
+    mounts = [config_mount, scratch_mount]
+    mounts.append(pod.mtls_volume(ctx, "controller")[1])
     container: Obj = {
         "name": "controller",
         "image": ctl.image or ctx.spec.image,
@@ -63,10 +63,8 @@ def controller_container(ctx: ClusterContext) -> Obj:
             *pod.extra_env(ctl.extra_env),
         ],
         "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        # Pod Security Standard "restricted" (with the pod-level context below).
+        "securityContext": security.controller_container_security_context(),
         "readinessProbe": pod.http_probe("/readyz", "metrics", period=5, failures=3),
         "livenessProbe": pod.http_probe("/healthz", "metrics", period=10, failures=6),
     }
@@ -79,13 +77,13 @@ def controller_container(ctx: ClusterContext) -> Obj:
 def controller_deployment(ctx: ClusterContext) -> Obj:
     ctl = ctx.spec.traffic_controller
     config_volume, _ = pod.config_volume(ctx)
-    volumes = [config_volume]
-    tls = pod.tls_volume(ctx)
-    if tls:
-        volumes.append(tls[0])
+    scratch, _ = security.scratch_volume(CONTROLLER_SCRATCH_SIZE)
+    volumes = [config_volume, scratch]
+    volumes.append(pod.mtls_volume(ctx, "controller")[0])
     selector = ctx.selector_labels(COMPONENT)
     pod_spec: Obj = {
         "serviceAccountName": ctx.controller_name,
+        "securityContext": security.controller_pod_security_context(),
         "containers": [controller_container(ctx)],
         "volumes": volumes,
         "terminationGracePeriodSeconds": 30,

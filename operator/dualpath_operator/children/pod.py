@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from dualpath_common.tls import CA_FILE, CERT_FILE, KEY_FILE
-
 from dualpath_operator.api import EnvVar, ResourceRequirements
 from dualpath_operator.children.common import ClusterContext
-from dualpath_operator.constants import (
-    ANNOTATION_CONFIG_HASH,
-    CONFIG_MOUNT_DIR,
-    TLS_MOUNT_DIR,
-)
+from dualpath_operator.constants import ANNOTATION_CONFIG_HASH, CONFIG_MOUNT_DIR
 from dualpath_operator.kube import Obj
+from dualpath_operator.mtls import MTLS_MOUNT_DIR, leaf_secret_name
 
 
 def http_probe(path: str, port: str, period: int, failures: int) -> Obj:
@@ -60,44 +55,23 @@ def config_volume(ctx: ClusterContext) -> tuple[Obj, Obj]:
     return volume, mount
 
 
-def tls_volume(ctx: ClusterContext) -> tuple[Obj, Obj] | None:
-    """The controller's TLS Secret, whole (it serves with tls.crt and tls.key)."""
-    secret = ctx.spec.traffic_controller.tls_secret_name
-    if not secret:
-        return None
-    volume = {"name": "tls", "secret": {"secretName": secret}}
-    mount = {"name": "tls", "mountPath": TLS_MOUNT_DIR, "readOnly": True}
+def mtls_volume(ctx: ClusterContext, role: str) -> tuple[Obj, Obj]:
+    """The role's mutual-TLS identity (ca.crt, tls.crt, tls.key), whoever issued it
+    (mtls.py). Not hashed into the pod template: a renewed certificate or a new CA bundle
+    reaches the pod as swapped files, which the components re-read, so nothing rolls."""
+    # 0440: the private key is not world-readable; the owner (root) or the fsGroup that
+    # non-root pods run with (children/security.py) reads it.
+    secret = {"secretName": leaf_secret_name(ctx.name, role), "defaultMode": 0o440}
+    volume = {"name": "mtls", "secret": secret}
+    mount = {"name": "mtls", "mountPath": MTLS_MOUNT_DIR, "readOnly": True}
     return volume, mount
 
 
-def tls_trust_volume(ctx: ClusterContext) -> tuple[Obj, Obj] | None:
-    """What a client of the controller needs from its TLS Secret: the certificates, never
-    the private key. ca.crt is optional in a kubernetes.io/tls Secret (absent for a
-    self-signed certificate), hence `optional`: a missing key leaves its file out."""
-    secret = ctx.spec.traffic_controller.tls_secret_name
-    if not secret:
-        return None
-    items = [{"key": name, "path": name} for name in (CERT_FILE, CA_FILE)]
-    volume = {
-        "name": "controller-tls",
-        "secret": {"secretName": secret, "items": items, "optional": True},
-    }
-    mount = {"name": "controller-tls", "mountPath": TLS_MOUNT_DIR, "readOnly": True}
-    return volume, mount
-
-
-def controller_tls_args(ctx: ClusterContext, side: str) -> list[str]:
-    """TLS flags of the controller ("server") or of its clients ("client")."""
-    if not ctx.spec.traffic_controller.tls_secret_name:
-        return []
-    if side == "server":
-        return [
-            "--tls-cert-file",
-            f"{TLS_MOUNT_DIR}/{CERT_FILE}",
-            "--tls-key-file",
-            f"{TLS_MOUNT_DIR}/{KEY_FILE}",
-        ]
-    return ["--controller-tls-ca", TLS_MOUNT_DIR]
+def mtls_args() -> list[str]:
+    """Every gRPC server and client in the pod uses the mounted identity. Mutual TLS
+    replaces the controller's server-only TLS (spec.trafficController.tlsSecretName): the
+    components take one or the other, and the operator never runs them unauthenticated."""
+    return ["--tls-dir", MTLS_MOUNT_DIR]
 
 
 def common_args(command: list[str], args: list[str], default: list[str], extra: list[str]) -> Obj:

@@ -215,7 +215,7 @@ class LoadRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., layout: _Optional[_Union[BlockLayout, _Mapping]] = ..., read_path: _Optional[_Union[_traffic_controller_pb2.ReadPath, str]] = ..., de_read_fraction: _Optional[float] = ..., decode_agent_endpoint: _Optional[str] = ..., release_after_load: _Optional[bool] = ..., missed_tokens: _Optional[int] = ..., keep_for_merge: _Optional[bool] = ..., engine_target: _Optional[_Union[EngineKvTarget, _Mapping]] = ..., handoff: _Optional[bool] = ...) -> None: ...
 
 class LoadProgress(_message.Message):
-    __slots__ = ("request_id", "layer", "bytes_loaded", "bytes_total", "done", "bytes_from_local_storage", "bytes_from_peer", "blocks_verified", "region_address", "region_length", "region_layer_stride", "layers_ready", "elapsed_s", "blocks_local", "blocks_remote", "read_path", "local_storage_read_s", "remote_storage_read_s", "peer_stream_s")
+    __slots__ = ("request_id", "layer", "bytes_loaded", "bytes_total", "done", "bytes_from_local_storage", "bytes_from_peer", "blocks_verified", "region_address", "region_length", "region_layer_stride", "layers_ready", "elapsed_s", "blocks_local", "blocks_remote", "read_path", "local_storage_read_s", "remote_storage_read_s", "peer_stream_s", "fallback_blocks", "fallback_reason")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     BYTES_LOADED_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +235,8 @@ class LoadProgress(_message.Message):
     LOCAL_STORAGE_READ_S_FIELD_NUMBER: _ClassVar[int]
     REMOTE_STORAGE_READ_S_FIELD_NUMBER: _ClassVar[int]
     PEER_STREAM_S_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     layer: int
     bytes_loaded: int
@@ -254,7 +256,9 @@ class LoadProgress(_message.Message):
     local_storage_read_s: float
     remote_storage_read_s: float
     peer_stream_s: float
-    def __init__(self, request_id: _Optional[str] = ..., layer: _Optional[int] = ..., bytes_loaded: _Optional[int] = ..., bytes_total: _Optional[int] = ..., done: _Optional[bool] = ..., bytes_from_local_storage: _Optional[int] = ..., bytes_from_peer: _Optional[int] = ..., blocks_verified: _Optional[int] = ..., region_address: _Optional[int] = ..., region_length: _Optional[int] = ..., region_layer_stride: _Optional[int] = ..., layers_ready: _Optional[int] = ..., elapsed_s: _Optional[float] = ..., blocks_local: _Optional[int] = ..., blocks_remote: _Optional[int] = ..., read_path: _Optional[_Union[_traffic_controller_pb2.ReadPath, str]] = ..., local_storage_read_s: _Optional[float] = ..., remote_storage_read_s: _Optional[float] = ..., peer_stream_s: _Optional[float] = ...) -> None: ...
+    fallback_blocks: int
+    fallback_reason: str
+    def __init__(self, request_id: _Optional[str] = ..., layer: _Optional[int] = ..., bytes_loaded: _Optional[int] = ..., bytes_total: _Optional[int] = ..., done: _Optional[bool] = ..., bytes_from_local_storage: _Optional[int] = ..., bytes_from_peer: _Optional[int] = ..., blocks_verified: _Optional[int] = ..., region_address: _Optional[int] = ..., region_length: _Optional[int] = ..., region_layer_stride: _Optional[int] = ..., layers_ready: _Optional[int] = ..., elapsed_s: _Optional[float] = ..., blocks_local: _Optional[int] = ..., blocks_remote: _Optional[int] = ..., read_path: _Optional[_Union[_traffic_controller_pb2.ReadPath, str]] = ..., local_storage_read_s: _Optional[float] = ..., remote_storage_read_s: _Optional[float] = ..., peer_stream_s: _Optional[float] = ..., fallback_blocks: _Optional[int] = ..., fallback_reason: _Optional[str] = ...) -> None: ...
 
 class ServeLayersRequest(_message.Message):
     __slots__ = ("request_id", "blocks", "layout", "target_agent", "target_metadata", "target_mem_type", "target_address", "target_layer_stride", "transfer_id", "keep_for_merge", "engine_target")

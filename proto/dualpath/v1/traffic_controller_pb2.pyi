@@ -91,6 +91,20 @@ class LoadReport(_message.Message):
     read_queue_tokens: int
     def __init__(self, engine_id: _Optional[str] = ..., report_seq: _Optional[int] = ..., unfinished_requests: _Optional[int] = ..., unfinished_tokens: _Optional[int] = ..., read_queue_length: _Optional[int] = ..., read_queue_bytes: _Optional[int] = ..., free_hbm_tokens: _Optional[int] = ..., snic_inflight_bytes: _Optional[int] = ..., read_queue_tokens: _Optional[int] = ...) -> None: ...
 
+class AgentFailureReport(_message.Message):
+    __slots__ = ("agent_endpoint", "reason")
+    AGENT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    agent_endpoint: str
+    reason: str
+    def __init__(self, agent_endpoint: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AgentFailureResponse(_message.Message):
+    __slots__ = ("drained_engine_ids",)
+    DRAINED_ENGINE_IDS_FIELD_NUMBER: _ClassVar[int]
+    drained_engine_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, drained_engine_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ReportLoadResponse(_message.Message):
     __slots__ = ("accepted",)
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class TrafficControllerStub:
                 request_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.LoadReport.SerializeToString,
                 response_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.ReportLoadResponse.FromString,
                 _registered_method=True)
+        self.ReportAgentFailure = channel.unary_unary(
+                '/dualpath.v1.TrafficController/ReportAgentFailure',
+                request_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.AgentFailureReport.SerializeToString,
+                response_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.AgentFailureResponse.FromString,
+                _registered_method=True)
         self.StreamLoad = channel.stream_unary(
                 '/dualpath.v1.TrafficController/StreamLoad',
                 request_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.LoadReport.SerializeToString,
@@ -105,6 +110,13 @@ class TrafficControllerServicer:
 
     def ReportLoad(self, request, context):
         """One load report. A drained engine that reports again is taken back into service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportAgentFailure(self, request, context):
+        """An agent failed under a caller: stop assigning its engines until they report again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,6 +194,11 @@ def add_TrafficControllerServicer_to_server(servicer, server):
                     servicer.ReportLoad,
                     request_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.LoadReport.FromString,
                     response_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.ReportLoadResponse.SerializeToString,
+            ),
+            'ReportAgentFailure': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportAgentFailure,
+                    request_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.AgentFailureReport.FromString,
+                    response_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.AgentFailureResponse.SerializeToString,
             ),
             'StreamLoad': grpc.stream_unary_rpc_method_handler(
                     servicer.StreamLoad,
@@ -300,6 +317,33 @@ class TrafficController:
             '/dualpath.v1.TrafficController/ReportLoad',
             dualpath_dot_v1_dot_traffic__controller__pb2.LoadReport.SerializeToString,
             dualpath_dot_v1_dot_traffic__controller__pb2.ReportLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportAgentFailure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dualpath.v1.TrafficController/ReportAgentFailure',
+            dualpath_dot_v1_dot_traffic__controller__pb2.AgentFailureReport.SerializeToString,
+            dualpath_dot_v1_dot_traffic__controller__pb2.AgentFailureResponse.FromString,
             options,
             channel_credentials,
             insecure,
