@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dualpath_local.runner import DemoConfig, run_demo
+from dualpath_local.config import DemoConfig
+from dualpath_local.runner import run_demo
 from dualpath_local.workload import WorkloadConfig
 from rich.console import Console
 from rich.table import Table

@@ -215,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
             identity=identity,
         )
         agent.reporter.start()
+        agent.service.on_peer_failure = agent.reporter.peer_failed
     if args.ready_file:
         agent.write_ready_file(args.ready_file)
     print("DUALPATH_AGENT_READY " + json.dumps(agent.info()), flush=True)

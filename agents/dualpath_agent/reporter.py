@@ -26,6 +26,9 @@ from dualpath_controller.client import ControllerClient
 
 log = logging.getLogger(__name__)
 
+# A peer that keeps failing under many loads is reported once a second at most.
+PEER_REPORT_EVERY_S = 1.0
+
 # engine id -> (unfinished_requests, unfinished_tokens, free_hbm_tokens)
 EngineLoadFn = Callable[[str], tuple[int, int, int]]
 
@@ -56,9 +59,43 @@ class LoadReporter:
         self._thread = threading.Thread(target=self._run, daemon=True, name="reporter")
         self.interval_s = 0.5
         self.reports_sent = 0
+        self._peer_lock = threading.Lock()
+        self._peers_reported: dict[str, float] = {}
 
     def start(self) -> None:
         self._thread.start()
+
+    def peer_failed(self, agent_endpoint: str, reason: str) -> None:
+        """A peer agent failed under one of this agent's loads: tell the controller, so it
+        stops assigning that node now rather than after its liveness timeout. Sent from a
+        short-lived thread (a load never waits on the controller), once a second per peer."""
+        now = time.monotonic()
+        with self._peer_lock:
+            if now - self._peers_reported.get(agent_endpoint, -PEER_REPORT_EVERY_S) < (
+                PEER_REPORT_EVERY_S
+            ):
+                return
+            self._peers_reported[agent_endpoint] = now
+        threading.Thread(
+            target=self._send_peer_failure,
+            args=(agent_endpoint, reason),
+            daemon=True,
+            name="peer-failure",
+        ).start()
+
+    def _send_peer_failure(self, agent_endpoint: str, reason: str) -> None:
+        try:
+            drained = self._client.report_agent_failure(agent_endpoint, reason)
+        except grpc.RpcError as exc:
+            log.warning(
+                "peer failure not reported",
+                extra={"peer": agent_endpoint, "code": exc.code().name},
+            )
+            return
+        log.info(
+            "peer failure reported",
+            extra={"peer": agent_endpoint, "drained": drained},
+        )
 
     def stop(self) -> None:
         self._stop.set()

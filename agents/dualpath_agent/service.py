@@ -328,6 +328,9 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self.core = core
         self.peers = PeerClients()
         self.metrics = core.metrics
+        # Told (peer endpoint, why) when a decode agent fails under a Load: the load
+        # reporter forwards it to the controller (ReportAgentFailure).
+        self.on_peer_failure: Callable[[str, str], None] | None = None
 
     # ----- helpers ----------------------------------------------------------------------
     def _fail(self, context: grpc.ServicerContext, op: str, exc: BaseException) -> None:
@@ -682,6 +685,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                 "reason": state.fallback_reason,
             },
         )
+        if self.on_peer_failure is not None:
+            self.on_peer_failure(endpoint, state.fallback_reason)
         self._load_local(state, blocks, layout, region, region_layout, label, part="remote")
 
     @staticmethod

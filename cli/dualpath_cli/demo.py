@@ -21,7 +21,7 @@ MODE_DEFAULTS = {"vllm": (0.008, 16, 3, 1 / 16), "stand-in": (0.48, 24, 5, 0.25)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dualpath_common.models import MODEL_PRESETS
-    from dualpath_local.runner import DEFAULT_POLICIES
+    from dualpath_local.config import DEFAULT_POLICIES
 
     parser.description = DEFAULTS_NOTE
     parser.add_argument(
@@ -104,8 +104,8 @@ def apply_mode_defaults(args: argparse.Namespace) -> None:
 
 def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from dualpath_local.chaos import parse_chaos
+    from dualpath_local.config import DemoConfig
     from dualpath_local.driver import ComputeModel
-    from dualpath_local.runner import DemoConfig
     from dualpath_local.workload import WorkloadConfig
 
     return DemoConfig(
@@ -185,7 +185,7 @@ def run_vllm(args: argparse.Namespace) -> int:
     import sys
     import tempfile
 
-    from dualpath_local.runner import stop_signals_as_interrupt
+    from dualpath_local.interrupts import stop_signals_as_interrupt
     from dualpath_local.vllm_demo import VllmDemoConfig, run_vllm_demo
     from dualpath_vllm.model import default_model_dir, ensure_model_subprocess
     from dualpath_vllm.process import EnginesVenvMissing

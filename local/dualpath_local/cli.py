@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from dualpath_local.runner import DemoConfig, DemoFailed, run_demo
+    from dualpath_local.config import DemoConfig
+    from dualpath_local.runner import DemoFailed, run_demo
     from dualpath_local.workload import WorkloadConfig
 
     if args.engines == "vllm":
@@ -82,7 +83,7 @@ def run_vllm_up(args: argparse.Namespace) -> int:
 
     from dualpath_vllm.model import default_model_dir, ensure_model_subprocess
 
-    from dualpath_local.runner import stop_signals_as_interrupt
+    from dualpath_local.interrupts import stop_signals_as_interrupt
     from dualpath_local.vllm_stack import SERVED_MODEL, VllmStack, VllmStackConfig
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dualpath-local-"))

@@ -9,30 +9,26 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from dualpath_agent.client import AgentClient, ReadPath
 from dualpath_agent.layout import BlockLayout
-from dualpath_common.logs import JsonFormatter
 from dualpath_controller.client import ControllerSession
 from dualpath_controller.policy.paper import alpha_for
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dualpath_local.chaos import ChaosEvent, ChaosRun, recovery
+from dualpath_local.chaos import ChaosRun, recovery
 from dualpath_local.chart import write_chart
+from dualpath_local.config import DemoConfig, buffer_sizes, check_memory
 from dualpath_local.display import (
     NodeLive,
     fault_lines,
@@ -40,9 +36,10 @@ from dualpath_local.display import (
     results_table,
     verification_lines,
 )
-from dualpath_local.driver import Cluster, ComputeModel, PhaseDriver
+from dualpath_local.driver import Cluster, PhaseDriver
 from dualpath_local.engines import EngineBook, EngineReporters, Gpu, NodeMonitor
 from dualpath_local.identities import LocalIdentities
+from dualpath_local.interrupts import interrupts_deferred, log_to_file, stop_signals_as_interrupt
 from dualpath_local.results import (
     NodeCounters,
     PhaseResult,
@@ -54,50 +51,9 @@ from dualpath_local.results import (
 )
 from dualpath_local.stack import LocalStack, NodeSpec, StoreLinks, node_specs, pid_alive
 from dualpath_local.supervisor import Supervisor
-from dualpath_local.workload import Workload, WorkloadConfig, build_workload, stored_prefix_blocks
+from dualpath_local.workload import Workload, build_workload, stored_prefix_blocks
 
 log = logging.getLogger("dualpath.local")
-
-DEFAULT_POLICIES = ("prefill-only", "paper", "dualpath-split")
-MiB = 1 << 20
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
-    prefill_nodes: int = 1
-    decode_nodes: int = 2
-    # Storage-NIC read cap per node. Low enough that this machine's disk and CPUs are never
-    # the bottleneck, so the demo shows what DualPath changes: whose SNIC does the reading.
-    snic_read_gbps: float = 0.48
-    policies: tuple[str, ...] = DEFAULT_POLICIES
-    compute: ComputeModel = field(default_factory=ComputeModel)
-    spot_check_every: int = 24
-    transport: str = "auto"
-    workdir: Path | None = None
-    keep: bool = False
-    # The controller's policy when the stack is kept up without running any phase.
-    up_policy: str = "dualpath-split"
-    json_path: Path | None = Path("out/demo/demo.json")
-    chart_path: Path | None = Path("out/demo/demo.png")
-    # Kills and restarts applied during every phase (dualpath_local.chaos).
-    chaos: tuple[ChaosEvent, ...] = ()
-
-    @property
-    def snic_read_bytes_per_s(self) -> float:
-        return self.snic_read_gbps * 1e9 / 8
-
-    def validate(self) -> None:
-        self.workload.validate()
-        if not 0 < self.snic_read_gbps <= 400:
-            raise ValueError(f"snic_read_gbps must be in (0, 400], got {self.snic_read_gbps}")
-        if self.prefill_nodes < 1 or self.decode_nodes < 1:
-            raise ValueError("prefill_nodes and decode_nodes must be >= 1")
-        from dualpath_controller.policy import policy_names
-
-        for p in (*self.policies, self.up_policy):
-            if p not in policy_names():
-                raise ValueError(f"unknown policy {p!r} (known: {', '.join(policy_names())})")
 
 
 @dataclass
@@ -147,44 +103,6 @@ class DemoResult:
         }
 
 
-# ----- sizing (pure) -------------------------------------------------------------------------
-def buffer_sizes(workload: Workload) -> tuple[int, int]:
-    """(host buffer, device tier) bytes per agent: the device tier holds every trajectory's
-    largest prompt at once (loads queue on the SNIC, not on memory); the host buffer stages
-    a few reads in flight."""
-    kv = workload.config.preset.kv_bytes_per_token
-    largest = [
-        max(t.prompt_tokens + t.output_tokens for t in plan.turns) * kv
-        for plan in workload.trajectories
-    ]
-    device = sum(largest) + 16 * MiB
-    host = max(64 * MiB, 6 * max(largest))
-    return _round_mib(host), _round_mib(device)
-
-
-def _check_memory(needed: int) -> None:
-    """Refuse a workload whose agents' buffers could not fit in this machine's memory."""
-    try:
-        meminfo = Path("/proc/meminfo").read_text()
-    except OSError:
-        return
-    for line in meminfo.splitlines():
-        if line.startswith("MemAvailable:"):
-            available = int(line.split()[1]) * 1024
-            if needed > 0.8 * available:
-                raise ValueError(
-                    f"the agents' buffers would need {needed / 2**30:.1f} GiB "
-                    f"({available / 2**30:.1f} GiB available): reduce --agents, "
-                    "--context-scale or the node counts"
-                )
-            return
-
-
-def _round_mib(n: int) -> int:
-    return math.ceil(n / MiB) * MiB
-
-
-# ----- the job ------------------------------------------------------------------------------
 class Demo:
     def __init__(self, config: DemoConfig, console: Console) -> None:
         config.validate()
@@ -196,7 +114,7 @@ class Demo:
             cfg.preset.layers, cfg.block_tokens, cfg.preset.bytes_per_token_layer
         )
         host, device = buffer_sizes(self.workload)
-        _check_memory((host + device) * (config.prefill_nodes + config.decode_nodes))
+        check_memory((host + device) * (config.prefill_nodes + config.decode_nodes))
         self.nodes: list[NodeSpec] = node_specs(
             config.prefill_nodes, config.decode_nodes, config.snic_read_bytes_per_s, host, device
         )
@@ -221,7 +139,7 @@ class Demo:
 
     def start(self) -> None:
         workdir = self._workdir()
-        _log_to_file(workdir / "demo.log")
+        log_to_file(workdir / "demo.log")
         log.info("demo starting", extra={"workdir": str(workdir), "pid": os.getpid()})
         # Mutual TLS as in a cluster, with a throwaway CA in the workdir.
         self.stack = LocalStack(
@@ -546,36 +464,6 @@ class Demo:
         return self.stack.workdir if self.stack is not None else None
 
 
-def _log_to_file(path: Path) -> None:
-    """The demo's own JSON log goes to a file: the terminal belongs to the live display."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(JsonFormatter("demo"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("DUALPATH_LOG_LEVEL", "INFO").upper())
-
-
-@contextlib.contextmanager
-def stop_signals_as_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM stop the demo the way Ctrl-C does (teardown runs, processes
-    stopped). SIGINT is installed explicitly: a shell that starts a command in the
-    background hands it SIGINT ignored, and Python keeps an inherited SIG_IGN, so a
-    `kill -INT` to the demo would otherwise do nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 class DemoFailed(RuntimeError):
     """The demo could not run; the logs were kept in `workdir`."""
 
@@ -590,23 +478,6 @@ def _describe(exc: BaseException) -> str:
     if callable(code) and callable(details):  # a grpc.RpcError
         return f"{code().name}: {details()}"
     return f"{type(exc).__name__}: {exc}"
-
-
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Teardown is not interruptible: a second Ctrl-C must not leave processes behind."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {
-        sig: signal.signal(sig, lambda signum, frame: None)
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def title_of(config: DemoConfig, workload: Workload) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from dualpath_agent.client import AgentClient
 
-from dualpath_local.runner import DEFAULT_POLICIES
+from dualpath_local.config import DEFAULT_POLICIES
 from dualpath_local.stack import pid_alive
 from dualpath_local.vllm_stack import KV_BYTES_PER_TOKEN, VllmStack, VllmStackConfig
 from dualpath_local.workload import Turn, Workload, WorkloadConfig, build_workload, new_token_ids

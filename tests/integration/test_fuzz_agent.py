@@ -28,7 +28,7 @@ from dualpath_agent.launch import AgentHandle, start_agent
 from dualpath_agent.layout import BlockLayout
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support import fuzz
@@ -47,21 +47,6 @@ ENGINE = "fuzz-engine"  # a load the decode agent holds: the "engine KV cache" o
 # Merge -> NIXL transfers): a peer that is not there is UNAVAILABLE.
 PEER_METHODS = {"Load", "Commit", "ServeLayers", "Merge"}
 DECODE_SIDE = {"ServeLayers", "Merge"}
-
-
-def fuzz_settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-            HealthCheck.large_base_example,
-        ],
-    )
 
 
 @dataclass
@@ -270,22 +255,10 @@ def run_case(p: Pair, method: MethodDescriptor, payloads: list[bytes], kind: str
     return outcome
 
 
-def payloads_for(
-    method: MethodDescriptor, one: st.SearchStrategy[bytes]
-) -> st.SearchStrategy[list[bytes]]:
-    if method.client_streaming:
-        return st.lists(one, min_size=1, max_size=4)
-    return st.lists(one, min_size=1, max_size=1)
-
-
-def serialized(strategy: st.SearchStrategy[Message]) -> st.SearchStrategy[bytes]:
-    return strategy.map(lambda m: m.SerializeToString())
-
-
 def run_property(
     examples: int, strategy: st.SearchStrategy[list[bytes]], case: Callable[[list[bytes]], object]
 ) -> None:
-    @fuzz_settings(examples)
+    @fuzz.fuzz_settings(examples)
     @given(strategy)
     def run(payloads: list[bytes]) -> None:
         case(payloads)
@@ -309,9 +282,9 @@ def test_the_valid_requests_are_valid(pair):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_hostile_field_values(pair, name):
     method = METHODS[name]
-    one = serialized(fuzz.messages(method.input_type, overrides(pair)))
+    one = fuzz.serialized(fuzz.messages(method.input_type, overrides(pair)))
     run_property(
-        25, payloads_for(method, one), lambda ps: run_case(pair, method, ps, "hostile fields")
+        25, fuzz.payloads_for(method, one), lambda ps: run_case(pair, method, ps, "hostile fields")
     )
 
 
@@ -319,14 +292,14 @@ def test_hostile_field_values(pair, name):
 def test_valid_requests_with_hostile_fields(pair, name):
     method = METHODS[name]
     base = bases(pair)[name]
-    one = serialized(fuzz.mutations(base, overrides(pair)))
+    one = fuzz.serialized(fuzz.mutations(base, overrides(pair)))
     if method.client_streaming:  # a valid first chunk, then hostile ones
         strategy = st.lists(one, min_size=0, max_size=3).map(
             lambda rest: [base.SerializeToString(), *rest]
         )
-        strategy = st.one_of(strategy, payloads_for(method, one))
+        strategy = st.one_of(strategy, fuzz.payloads_for(method, one))
     else:
-        strategy = payloads_for(method, one)
+        strategy = fuzz.payloads_for(method, one)
     run_property(25, strategy, lambda ps: run_case(pair, method, ps, "mutated valid request"))
 
 
@@ -345,7 +318,7 @@ def test_engine_target_with_hostile_fields(pair):
 
     one = fuzz.mutations(base.engine_target, overrides(pair)).map(with_target)
     run_property(
-        40, payloads_for(method, one), lambda ps: run_case(pair, method, ps, "engine target")
+        40, fuzz.payloads_for(method, one), lambda ps: run_case(pair, method, ps, "engine target")
     )
 
 
@@ -359,13 +332,13 @@ def test_raw_bytes(pair, name):
         if not method.client_streaming and not fuzz.parses_as(cls, payloads[0]):
             assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
 
-    run_property(15, payloads_for(method, fuzz.raw_payloads()), case)
+    run_property(15, fuzz.payloads_for(method, fuzz.raw_payloads()), case)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_messages_of_the_wrong_type(pair, name):
     method = METHODS[name]
-    strategy = payloads_for(method, fuzz.wrong_type_payloads(method, TYPES))
+    strategy = fuzz.payloads_for(method, fuzz.wrong_type_payloads(method, TYPES))
     run_property(10, strategy, lambda ps: run_case(pair, method, ps, "wrong message type"))
 
 

@@ -21,7 +21,7 @@ from dualpath.v1 import traffic_controller_pb2 as pb
 from dualpath_controller.process import ControllerProcess
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support import fuzz
@@ -37,21 +37,6 @@ TIMEOUT_S = 5.0
 # its interval, up to 2^32 ms, for the second one).
 MAX_REPLIES = {"WatchStatus": 1}
 CLEAN_OPERATION_CODES = {c.value[0] for c in fuzz.CLEAN_CODES}
-
-
-def fuzz_settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,  # the same cases on every run (CI)
-        database=None,
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-            HealthCheck.large_base_example,
-        ],
-    )
 
 
 def valid_engine(i: int = 0, role: int = pb.ENGINE_ROLE_PREFILL) -> pb.Engine:
@@ -130,51 +115,37 @@ def run_case(
     return outcome
 
 
-def payloads_for(
-    method: MethodDescriptor, one: st.SearchStrategy[bytes]
-) -> st.SearchStrategy[list[bytes]]:
-    """One payload for a unary request, one to four on a request stream."""
-    if method.client_streaming:
-        return st.lists(one, min_size=1, max_size=4)
-    return st.lists(one, min_size=1, max_size=1)
+def run_property(controller, channel, method, one, examples: int, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """`examples` cases of `one` payload (one to four on a request stream) against method."""
 
+    @fuzz.fuzz_settings(examples)
+    @given(fuzz.payloads_for(method, one))
+    def run(payloads: list[bytes]) -> None:
+        run_case(controller, channel, method, payloads, kind)
 
-def serialized(strategy: st.SearchStrategy[Message]) -> st.SearchStrategy[bytes]:
-    return strategy.map(lambda m: m.SerializeToString())
+    run()
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_hostile_field_values(controller, channel, name):
     method = METHODS[name]
-    one = serialized(fuzz.messages(method.input_type, OVERRIDES))
-
-    @fuzz_settings(30)
-    @given(payloads_for(method, one))
-    def run(payloads: list[bytes]) -> None:
-        run_case(controller, channel, method, payloads, "hostile fields")
-
-    run()
+    one = fuzz.serialized(fuzz.messages(method.input_type, OVERRIDES))
+    run_property(controller, channel, method, one, 30, "hostile fields")
 
 
 @pytest.mark.parametrize("name", sorted(BASES))
 def test_valid_requests_with_hostile_fields(controller, channel, name):
     method = METHODS[name]
-    one = serialized(fuzz.mutations(BASES[name], OVERRIDES))
-
-    @fuzz_settings(30)
-    @given(payloads_for(method, one))
-    def run(payloads: list[bytes]) -> None:
-        run_case(controller, channel, method, payloads, "mutated valid request")
-
-    run()
+    one = fuzz.serialized(fuzz.mutations(BASES[name], OVERRIDES))
+    run_property(controller, channel, method, one, 30, "mutated valid request")
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_raw_bytes(controller, channel, name):
     method = METHODS[name]
 
-    @fuzz_settings(20)
-    @given(payloads_for(method, fuzz.raw_payloads()))
+    @fuzz.fuzz_settings(20)
+    @given(fuzz.payloads_for(method, fuzz.raw_payloads()))
     def run(payloads: list[bytes]) -> None:
         outcome = run_case(controller, channel, method, payloads, "raw bytes")
         cls = fuzz.message_class(method.input_type)
@@ -188,8 +159,8 @@ def test_raw_bytes(controller, channel, name):
 def test_messages_of_the_wrong_type(controller, channel, name):
     method = METHODS[name]
 
-    @fuzz_settings(15)
-    @given(payloads_for(method, fuzz.wrong_type_payloads(method, TYPES)))
+    @fuzz.fuzz_settings(15)
+    @given(fuzz.payloads_for(method, fuzz.wrong_type_payloads(method, TYPES)))
     def run(payloads: list[bytes]) -> None:
         run_case(controller, channel, method, payloads, "wrong message type")
 

@@ -23,7 +23,7 @@ import pytest
 from dualpath_common.net import free_port
 from dualpath_controller.process import ControllerProcess
 from dualpath_router.process import RouterProcess
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support import fuzz
@@ -36,21 +36,6 @@ TARGET = "router"
 PATHS = ("/v1/completions", "/v1/chat/completions")
 TIMEOUT_S = 10.0
 MAX_PROMPT_TOKENS = 4096
-
-
-def fuzz_settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-            HealthCheck.large_base_example,
-        ],
-    )
 
 
 @dataclass
@@ -210,7 +195,7 @@ def post(s: RouterStack, path: str, content: bytes) -> httpx.Response:
 
 @pytest.mark.parametrize("path", PATHS)
 def test_json_objects_with_wrong_types(stack, path):
-    @fuzz_settings(60)
+    @fuzz.fuzz_settings(60)
     @given(bodies)
     def run(body: dict[str, Any]) -> None:
         check_answer(stack, path, post(stack, path, encoded(body)), "object")
@@ -220,7 +205,7 @@ def test_json_objects_with_wrong_types(stack, path):
 
 @pytest.mark.parametrize("path", PATHS)
 def test_raw_and_non_object_bodies(stack, path):
-    @fuzz_settings(30)
+    @fuzz.fuzz_settings(30)
     @given(raw_bodies)
     def run(raw: bytes) -> None:
         response = post(stack, path, raw)
@@ -233,7 +218,7 @@ def test_raw_and_non_object_bodies(stack, path):
 def test_prompt_token_ids(stack):
     """Token id lists, bad and good: a bad id is a 400 naming prompt[i]."""
 
-    @fuzz_settings(60)
+    @fuzz.fuzz_settings(60)
     @given(token_lists, st.booleans())
     def run(tokens: list[Any], stream: bool) -> None:
         body = {"model": "tiny", "prompt": tokens, "max_tokens": 2, "stream": stream}
@@ -283,7 +268,7 @@ def test_valid_prompts_with_hostile_limits_and_sampling(stack, path):
     if path == PATHS[1]:  # validated on chat; passed through untouched on completions
         fields["max_completion_tokens"] = limits
 
-    @fuzz_settings(40)
+    @fuzz.fuzz_settings(40)
     @given(st.fixed_dictionaries({}, optional=fields))
     def run(extra: dict[str, Any]) -> None:
         body = {**VALID_PROMPTS[path], **extra}

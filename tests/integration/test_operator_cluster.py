@@ -18,7 +18,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -460,20 +460,28 @@ def env(kube, tmp_path_factory) -> Iterator[tuple[Cluster, OperatorProcess]]:
         wait_for(lambda: "leader" in op.readyz(), "operator leader and ready", timeout=60)
         yield cluster, op
     finally:
-        for proc in [op, *extra]:
-            rc = proc.stop()
-            if os.environ.get("DUALPATH_TEST_VERBOSE") or rc not in (0, -signal.SIGTERM):
-                print(f"--- {proc.log_path.name} (rc={rc})\n{proc.log_tail()}")
-        for node in nodes:
-            with contextlib.suppress(ApiException):
-                core.delete_node(node)
-        rbac_api = client.RbacAuthorizationV1Api(api)
+        tear_down(api, ns, [op, *extra], nodes)
+
+
+def tear_down(
+    api: client.ApiClient, ns: str, operators: list[OperatorProcess], nodes: Sequence[str] = ()
+) -> None:
+    """Stop the operators (their log when one failed) and delete what the test created."""
+    for proc in operators:
+        rc = proc.stop()
+        if os.environ.get("DUALPATH_TEST_VERBOSE") or rc not in (0, -signal.SIGTERM):
+            print(f"--- {proc.log_path.name} (rc={rc})\n{proc.log_tail()}")
+    core = client.CoreV1Api(api)
+    for node in nodes:
         with contextlib.suppress(ApiException):
-            rbac_api.delete_cluster_role_binding(f"dualpath-operator-{ns}")
-        with contextlib.suppress(ApiException):
-            rbac_api.delete_cluster_role(f"dualpath-operator-{ns}")
-        with contextlib.suppress(ApiException):
-            core.delete_namespace(ns)
+            core.delete_node(node)
+    rbac_api = client.RbacAuthorizationV1Api(api)
+    with contextlib.suppress(ApiException):
+        rbac_api.delete_cluster_role_binding(f"dualpath-operator-{ns}")
+    with contextlib.suppress(ApiException):
+        rbac_api.delete_cluster_role(f"dualpath-operator-{ns}")
+    with contextlib.suppress(ApiException):
+        core.delete_namespace(ns)
 
 
 # --- schema: accepted and rejected objects -------------------------------------------------

@@ -15,8 +15,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
-import os
-import signal
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -40,6 +38,7 @@ from tests.integration.test_operator_cluster import (
     install_crd,
     least_privilege_kubeconfig,
     simple_crd,
+    tear_down,
     wait_for,
 )
 
@@ -62,16 +61,7 @@ def env(kube, tmp_path_factory) -> Iterator[tuple[Cluster, OperatorProcess]]:
         wait_for(lambda: "leader" in op.readyz(), "operator leader and ready", timeout=60)
         yield cluster, op
     finally:
-        rc = op.stop()
-        if os.environ.get("DUALPATH_TEST_VERBOSE") or rc not in (0, -signal.SIGTERM):
-            print(f"--- {op.log_path.name} (rc={rc})\n{op.log_tail()}")
-        rbac_api = client.RbacAuthorizationV1Api(api)
-        with contextlib.suppress(ApiException):
-            rbac_api.delete_cluster_role_binding(f"dualpath-operator-{ns}")
-        with contextlib.suppress(ApiException):
-            rbac_api.delete_cluster_role(f"dualpath-operator-{ns}")
-        with contextlib.suppress(ApiException):
-            core.delete_namespace(ns)
+        tear_down(api, ns, [op])
 
 
 def secret(cluster: Cluster, name: str) -> dict[str, Any] | None:

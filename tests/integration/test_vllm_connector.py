@@ -183,7 +183,14 @@ def test_a_prefix_longer_than_the_store_holds_loads_what_is_there(rig):
         rig.workdir / "store" / chain[5].block_hash[:1].hex() / f"{chain[5].block_hash.hex()}.blk"
     )
     victim.unlink()
-    assert stored(rig.prefill_agent, chain) == 5
+    # An agent that indexed the block before it vanished drops it at its next store rescan
+    # (every 10 s): the shared store's deletions reach every node's index by then.
+    wait_for(
+        "the prefill agent's index to lose block 5",
+        lambda: stored(rig.prefill_agent, chain) == 5,
+        15,
+        lambda: None,
+    )
     turn2 = base + prompt(seed=32, n=30)
     assert_same(ask(rig.prefill, turn2), ask(rig.reference, turn2))
 

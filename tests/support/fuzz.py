@@ -24,6 +24,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 # Descriptors are typed loosely: protobuf's stubs and its upb classes disagree.
@@ -379,3 +380,33 @@ def check_outcome(
     out_cls = message_class(method.output_type)
     for reply in outcome.replies:
         out_cls.FromString(reply)
+
+
+def fuzz_settings(examples: int) -> settings:
+    """Reproducible in CI (derandomized, no example database), no per-example deadline
+    (a real process answers), and the processes are module fixtures reused by every case."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+        ],
+    )
+
+
+def payloads_for(
+    method: MethodDescriptor, one: st.SearchStrategy[bytes]
+) -> st.SearchStrategy[list[bytes]]:
+    """One payload for a unary request, one to four on a request stream."""
+    if method.client_streaming:
+        return st.lists(one, min_size=1, max_size=4)
+    return st.lists(one, min_size=1, max_size=1)
+
+
+def serialized(strategy: st.SearchStrategy[Message]) -> st.SearchStrategy[bytes]:
+    return strategy.map(lambda m: m.SerializeToString())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dualpath_local.config import DemoConfig, buffer_sizes
 from dualpath_local.driver import PhaseRun, TurnRecord
 from dualpath_local.results import (
     NodeCounters,
@@ -13,7 +14,6 @@ from dualpath_local.results import (
     rate_timeline,
     summarize_phase,
 )
-from dualpath_local.runner import DemoConfig, buffer_sizes
 from dualpath_local.workload import (
     Context,
     WorkloadConfig,

@@ -47,6 +47,8 @@ from dualpath_operator.status import (
     compute_status,
 )
 
+from tests.unit.test_operator_children import ctx as cluster_context
+
 NO_CM = Capabilities(pdb_api_version="policy/v1", network_attachments=False, service_monitors=False)
 CM = Capabilities(
     pdb_api_version="policy/v1",
@@ -54,20 +56,14 @@ CM = Capabilities(
     service_monitors=False,
     cert_manager=True,
 )
+
+
 NOW = dt.datetime.now(dt.UTC)
 DAY = dt.timedelta(days=1)
 
 
 def ctx(spec: dict[str, Any] | None = None, caps: Capabilities = NO_CM) -> ClusterContext:
-    raw = {"storage": {"model": {"preset": "tiny-test"}}, **(spec or {})}
-    return ClusterContext(
-        name="demo",
-        namespace="ns1",
-        uid="uid-1",
-        generation=1,
-        spec=DualPathClusterSpec.model_validate(raw),
-        capabilities=caps,
-    )
+    return cluster_context(spec, caps)
 
 
 @pytest.fixture(scope="module")

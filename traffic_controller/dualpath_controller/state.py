@@ -295,9 +295,7 @@ class ControllerState:
                 if record.drain_reason == DRAIN_MISSED_REPORTS:
                     record.drain_reason = DRAIN_AGENT_FAILED
                 continue
-            record.drain_reason = DRAIN_AGENT_FAILED
-            self.view.set_drained(engine_id, True)
-            self.counters.drains += 1
+            self._drain(engine_id, record, DRAIN_AGENT_FAILED)
             drained.append(engine_id)
         log.warning(
             "agent reported failed: its engines are drained until they report again",
@@ -310,6 +308,11 @@ class ControllerState:
         )
         return drained
 
+    def _drain(self, engine_id: str, record: EngineRecord, reason: str) -> None:
+        record.drain_reason = reason
+        self.view.set_drained(engine_id, True)
+        self.counters.drains += 1
+
     def sweep(self, now: float) -> list[str]:
         """Drain engines whose last report (or registration) is older than the timeout, and
         release requests older than the request TTL. Returns the newly drained engines."""
@@ -318,9 +321,7 @@ class ControllerState:
         for engine_id, record in self.records.items():
             if record.drain_reason or now - record.last_seen <= self.liveness_timeout_s:
                 continue
-            record.drain_reason = DRAIN_MISSED_REPORTS
-            self.view.set_drained(engine_id, True)
-            self.counters.drains += 1
+            self._drain(engine_id, record, DRAIN_MISSED_REPORTS)
             drained.append(engine_id)
             log.warning(
                 "engine drained: no report within the liveness timeout",
