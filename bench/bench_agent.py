@@ -45,7 +45,7 @@ from dualpath_agent.client import ReadPath  # noqa: E402
 from dualpath_agent.launch import AgentHandle, start_agent  # noqa: E402
 from dualpath_agent.layout import BlockLayout  # noqa: E402
 from dualpath_agent.store import BlockStore  # noqa: E402
-from dualpath_agent.transport import _poll_sleep  # noqa: E402
+from dualpath_agent.transport.base import _poll_sleep  # noqa: E402
 
 # 32 layers x 64 tokens x 512 B: 1 MiB blocks, 32 KiB Layer Blocks.
 LAYOUT = BlockLayout(layers=32, block_tokens=64, bytes_per_token_layer=512)
@@ -88,7 +88,7 @@ def _raw_agent(name: str) -> Any:
     """A bare NIXL agent for the baselines, with the best settings found on this machine:
     RAW_PROGRESS = "spin" (NIXL's default progress thread, pthrDelay 0), "delay" (100 us,
     what the agent uses) or "off" (no progress thread; progress while polling)."""
-    from dualpath_agent.transport import _create_agent
+    from dualpath_agent.transport.nixl import _create_agent
     from nixl._api import nixl_agent, nixl_agent_config
 
     mode = os.environ.get("RAW_PROGRESS", "delay")

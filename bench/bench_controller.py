@@ -18,7 +18,13 @@
     python bench/bench_controller.py --quick --json out.json
 
 Targets (issue 4): >= 20,000 decisions/s in-process on one core; p99 < 2 ms over gRPC at
-2,000 req/s.
+2,000 req/s. Issue 13: server CPU <= 120 us per request, with one core for the controller:
+
+    python bench/bench_controller.py --skip-in-process --apis unary session --server-cpu 1 \
+        --closed-concurrency 128 --json out.json          # controller pinned (taskset)
+    ... --server-pythonpath DIR      # A/B: another dualpath_controller for the controller only
+    ... --profile-server FILE        # cProfile of the controller's event-loop thread
+    ... --batch-window-ms 1          # the controller's batching window
 """
 
 from __future__ import annotations
@@ -769,6 +775,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--closed-seconds", type=float, default=5.0)
     parser.add_argument("--server-workers", type=int, default=32, help="controller --max-workers")
     parser.add_argument("--pin-cpu", type=int, default=None, help="pin the in-process part")
+    parser.add_argument(
+        "--server-cpu",
+        type=int,
+        default=None,
+        help="pin the controller process to this CPU (taskset): one core for the controller",
+    )
+    parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=0.0,
+        help="the controller's --batch-window-ms (Schedules decided together)",
+    )
+    parser.add_argument(
+        "--server-pythonpath",
+        type=Path,
+        default=None,
+        help="PYTHONPATH for the controller process only (A/B runs of two versions of"
+        " dualpath_controller against the same clients)",
+    )
+    parser.add_argument(
+        "--profile-server",
+        type=Path,
+        default=None,
+        help="run the controller under cProfile and write its stats here (pstats format)",
+    )
     parser.add_argument("--skip-in-process", action="store_true")
     parser.add_argument("--skip-grpc", action="store_true")
     parser.add_argument("--quick", action="store_true", help="small run (smoke test)")
@@ -811,16 +842,60 @@ def run_in_process(args: argparse.Namespace) -> list[dict[str, object]]:
     return in_process
 
 
+# Runs `python -m <module> args...` with cProfile on the thread named grpc-loop (where every
+# handler runs; cProfile sees only the thread that enabled it), stats written when it ends.
+PROFILE_LOOP = """
+import cProfile, runpy, sys, threading
+profile, run = cProfile.Profile(), threading.Thread.run
+def profiled(self):
+    if self.name != "grpc-loop":
+        return run(self)
+    profile.enable()
+    try:
+        run(self)
+    finally:
+        profile.disable()
+        profile.dump_stats({path!r})
+threading.Thread.run = profiled
+module, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def server_command(
+    command: list[str], cpu: int | None, profile: Path | None, pythonpath: Path | None = None
+) -> list[str]:
+    """The controller's command line, optionally pinned to one CPU (taskset) and/or with its
+    event-loop thread under cProfile (the controller exits cleanly on SIGTERM, so the stats
+    get written)."""
+    out = list(command)
+    if profile is not None:
+        assert out[1] == "-m", out
+        out = [out[0], "-c", PROFILE_LOOP.format(path=str(profile)), *out[2:]]
+    if cpu is not None:
+        out = ["taskset", "-c", str(cpu), *out]
+    if pythonpath is not None:
+        out = ["env", f"PYTHONPATH={pythonpath}", *out]
+    return out
+
+
 def run_grpc(args: argparse.Namespace) -> dict[str, object]:
     ctx = multiprocessing.get_context("spawn")
-    with (
-        ControllerProcess(
-            policy=args.grpc_policy,
-            liveness_timeout_s=3_600,
-            extra_args=["--max-workers", str(args.server_workers), "--log-level", "WARNING"],
-        ) as proc,
-        ctx.Pool(args.client_procs) as pool,
-    ):
+    controller = ControllerProcess(
+        policy=args.grpc_policy,
+        liveness_timeout_s=3_600,
+        extra_args=[
+            "--max-workers",
+            str(args.server_workers),
+            "--log-level",
+            "WARNING",
+            *(["--batch-window-ms", str(args.batch_window_ms)] if args.batch_window_ms else []),
+        ],
+    )
+    controller.args = server_command(
+        controller.args, args.server_cpu, args.profile_server, args.server_pythonpath
+    )
+    with controller as proc, ctx.Pool(args.client_procs) as pool:
         assert proc.proc is not None
         register_all(proc.target)
         pool.map(math.sqrt, range(args.client_procs))  # start the client processes untimed
@@ -874,6 +949,9 @@ def run_grpc(args: argparse.Namespace) -> dict[str, object]:
         return {
             "policy": args.grpc_policy,
             "server_workers": args.server_workers,
+            "server_cpu": args.server_cpu,
+            "batch_window_ms": args.batch_window_ms,
+            "server_pythonpath": str(args.server_pythonpath or ""),
             "runs": runs,
             "summary": summary,
             "controller_decisions_total": status.decisions_total,

@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import signal
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -32,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_controller as bc
 import grpc
 from dualpath.v1 import traffic_controller_pb2_grpc as pb_grpc
+from dualpath_common.child import ReadyFileProcess, write_ready_file
 
 
 def serve(ready_file: Path) -> None:
@@ -78,14 +76,26 @@ def serve(ready_file: Path) -> None:
     gc.freeze()  # as `dualpath controller` does
     assert server.observability is not None
     info = {"aio": port, "threaded": threaded_port, "metrics": server.observability.port}
-    tmp = ready_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info))
-    tmp.replace(ready_file)
+    write_ready_file(ready_file, info)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
     threaded.stop(0)
     server.stop(0)
+
+
+class ABServer(ReadyFileProcess):
+    """This script's `--serve` mode as a child process; `ports` from its ready file."""
+
+    name = "aio-ab"
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.args = [sys.executable, __file__, "--serve", str(self.ready_file)]
+        self.ports: dict[str, int] = {}
+
+    def on_ready(self, ready: dict[str, Any]) -> None:
+        self.ports = {k: int(v) for k, v in ready.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,17 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(args.serve)
         return 0
-    ready_file = Path(f"/tmp/dualpath-aio-ab-{os.getpid()}.json")
-    ready_file.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(ready_file)])
+    ab = ABServer().start(timeout_s=60)
     runs: list[dict[str, Any]] = []
     try:
-        deadline = time.monotonic() + 60
-        while not ready_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("A/B server did not start")
-            time.sleep(0.05)
-        ports = json.loads(ready_file.read_text())
+        ports = ab.ports
         bc.register_all(f"127.0.0.1:{ports['aio']}")
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(args.client_procs) as pool:
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = bc.bench_grpc_run(
                         args.api,
                         f"127.0.0.1:{ports[server]}",
-                        proc.pid,
+                        ab.pid,
                         metrics_port=ports["metrics"],
                         rate=args.rate,
                         seconds=args.seconds,
@@ -141,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{server:8s}", end=" ")
                     bc._print_run(r)
     finally:
-        proc.terminate()
-        proc.wait(10)
-        ready_file.unlink(missing_ok=True)
+        ab.stop(grace_s=10)
     summary = {}
     for server in ("threaded", "aio"):
         mine = [r for r in runs if r["server"] == server]

@@ -22,14 +22,10 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,18 +36,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
+from dualpath_operator.process import OperatorProcess  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 from kubernetes.client.rest import ApiException  # noqa: E402
+
+from tests.support.metrics import sample_value  # noqa: E402
+from tests.support.wait import wait_for  # noqa: E402
 
 GROUP, VERSION, PLURAL = "dualpath.io", "v1alpha1", "dualpathclusters"
 CRD_FILE = REPO / "manifests" / "crds" / "dualpath.io_dualpathclusters.yaml"
 CHILDREN_PER_CLUSTER = 12  # 2 SA, Role, RoleBinding, 2 CM, 2 Svc, 2 DS, Deploy, PDB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -74,75 +68,47 @@ def install_crd(api: client.ApiClient) -> None:
     except ApiException as exc:
         if exc.status != 409:
             raise
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def established() -> bool:
         crd = ext.read_custom_resource_definition(body["metadata"]["name"])
-        if any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []):
-            return
-        time.sleep(0.2)
-    raise TimeoutError("CRD not established")
+        return any(
+            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
+        )
+
+    wait_for("the CRD established", established, 30)
 
 
-class Operator:
+class Operator(OperatorProcess):
     def __init__(
         self, kubeconfig: Path, namespace_glob: str, lease_ns: str, log: Path, workers: int
     ) -> None:
-        self.port = free_port()
-        self._log = open(log, "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [
-                str(REPO / ".venv" / "bin" / "dualpath"),
-                "operator",
-                "--namespace",
-                namespace_glob,
-                "--kubeconfig",
-                str(kubeconfig),
-                "--metrics-port",
-                str(self.port),
-                "--lease-namespace",
-                lease_ns,
-                "--workers",
-                str(workers),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            kubeconfig=kubeconfig,
+            namespaces=[namespace_glob],
+            log_path=log,
+            extra_args=["--lease-namespace", lease_ns, "--workers", str(workers)],
+        )
+        self.start()
+
+    def reconcile_totals(self) -> tuple[float, float]:
+        """(reconcile calls, seconds spent in them) so far; raises when not exported."""
+        text = self.get("/metrics")[1]
+        reconcile = {"handler": "reconcile"}
+        return (
+            sample_value(text, "dualpath_operator_handler_calls_total", reconcile),
+            sample_value(text, "dualpath_operator_handler_duration_seconds_sum", reconcile),
         )
 
-    def get(self, path: str) -> str:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return str(r.read().decode())
-        except OSError:
-            return ""
-
-    def metrics(self) -> dict[str, float]:
-        out = {}
-        for line in self.get("/metrics").splitlines():
-            if line.startswith("dualpath_operator_") and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
-
     def wait_leader(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "leader" in self.get("/readyz") and "standby" not in self.get("/readyz"):
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited with {self.proc.returncode}")
-            time.sleep(0.2)
-        raise TimeoutError("operator did not become leader")
+        def leading() -> bool:
+            ready = self.readyz()
+            return "leader" in ready and "standby" not in ready
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+        wait_for("the operator to lead", leading, timeout, self.check_alive)
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited with {self.proc.returncode}")
 
 
 def cluster_body(name: str, tag: str) -> dict[str, Any]:
@@ -284,7 +250,7 @@ def run_round(
     observer.start()
     # Let the watches open and the operator's namespace watches pick up the new namespace.
     time.sleep(1.5)
-    before = op.metrics()
+    calls_before, seconds_before = op.reconcile_totals()
     created: dict[str, float] = {}
     names = [f"c{i:03d}" for i in range(count)]
     start = time.monotonic()
@@ -312,11 +278,9 @@ def run_round(
         time.sleep(0.05)
     observer.stop()
     time.sleep(0.5)  # let the last reconciles finish (their durations are recorded at the end)
-    after = op.metrics()
-    key = 'dualpath_operator_handler_calls_total{handler="reconcile"}'
-    sum_key = 'dualpath_operator_handler_duration_seconds_sum{handler="reconcile"}'
-    reconciles = after.get(key, 0) - before.get(key, 0)
-    rec_sum = after.get(sum_key, 0) - before.get(sum_key, 0)
+    calls_after, seconds_after = op.reconcile_totals()
+    reconciles = calls_after - calls_before
+    rec_sum = seconds_after - seconds_before
     children_at, status_at = observer.children_done, observer.status_done
     result = {
         "clusters": count,

@@ -3,6 +3,7 @@
     from dualpath_agent.client import AgentClient, ReadPath
     from dualpath_agent.blockhash import block_chain
     from dualpath_agent.layout import BlockLayout
+from dualpath_agent.messages import BlockLike, block_ref, layout_msg
 
     layout = BlockLayout(layers=4, block_tokens=64, bytes_per_token_layer=1024)
     chain = block_chain(token_ids, layout.block_tokens)
@@ -21,7 +22,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 from dualpath.v1 import agent_pb2, agent_pb2_grpc, traffic_controller_pb2
@@ -30,8 +31,8 @@ from dualpath_common.tls import CHANNEL_OPTIONS
 
 from dualpath_agent import kvgen
 from dualpath_agent.blockfile import crc32c
-from dualpath_agent.blockhash import ChainedBlock
 from dualpath_agent.layout import BlockLayout
+from dualpath_agent.messages import BlockLike, block_ref, layout_msg
 
 CHUNK = 1 << 20
 _OPTIONS = [
@@ -70,28 +71,6 @@ class LoadResult:
     # Decode-side blocks read from own storage because the decode agent failed, and why.
     fallback_blocks: int = 0
     fallback_reason: str = ""
-
-
-BlockLike: TypeAlias = ChainedBlock | agent_pb2.BlockRef
-
-
-def block_ref(block: BlockLike, with_token_ids: Sequence[int] | None = None) -> agent_pb2.BlockRef:
-    if isinstance(block, agent_pb2.BlockRef):
-        return block
-    ref = agent_pb2.BlockRef(
-        block_hash=block.block_hash, parent_hash=block.parent_hash, tokens=block.tokens
-    )
-    if with_token_ids is not None:
-        ref.token_ids.extend(with_token_ids)
-    return ref
-
-
-def layout_msg(layout: BlockLayout) -> agent_pb2.BlockLayout:
-    return agent_pb2.BlockLayout(
-        layers=layout.layers,
-        block_tokens=layout.block_tokens,
-        bytes_per_token_layer=layout.bytes_per_token_layer,
-    )
 
 
 def expected_region(
@@ -338,3 +317,15 @@ class AgentClient:
         return self.stub.Release(
             agent_pb2.ReleaseRequest(request_id=request_id), timeout=self.timeout_s
         )
+
+
+# Re-exported for callers that build agent requests themselves (engines, benches, tests).
+__all__ = [
+    "AgentClient",
+    "BlockLike",
+    "LoadResult",
+    "ReadPath",
+    "block_ref",
+    "expected_region",
+    "layout_msg",
+]

@@ -10,7 +10,6 @@ stream only reports when both parts are done, or why one failed.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ import grpc
 from dualpath.v1 import agent_pb2, traffic_controller_pb2
 
 from dualpath_agent.buffer import Cancelled
-from dualpath_agent.core import BlockPlan
 from dualpath_agent.engine_target import (
     LOCAL_PART,
     EngineTarget,
@@ -29,12 +27,24 @@ from dualpath_agent.engine_target import (
 )
 from dualpath_agent.errors import PATH_LABEL, PeerFailed
 from dualpath_agent.layout import BlockLayout
+from dualpath_agent.messages import block_refs
+from dualpath_agent.plan import BlockPlan
+from dualpath_agent.transport import release_logged
+from dualpath_agent.transport.base import settle
 from dualpath_agent.validation import de_block_count, parse_layout, plan_blocks, require
 
 if TYPE_CHECKING:
     from dualpath_agent.service import AgentService
 
 HANDOFF_LABEL = "handoff"
+
+
+def load_into_engine(
+    service: AgentService, request: agent_pb2.LoadRequest, context: grpc.ServicerContext
+) -> Iterator[agent_pb2.LoadProgress]:
+    """The Load RPC's stream; a generator, so that validation errors end the stream with
+    their status like any other."""
+    yield from EngineLoad(service, request).run(context)
 
 
 class EngineLoad:
@@ -71,7 +81,7 @@ class EngineLoad:
     def run(self, context: grpc.ServicerContext) -> Iterator[agent_pb2.LoadProgress]:
         started = time.monotonic()
         core = self.core
-        peer = self.service._add_peer(self.target.agent_metadata)
+        peer = self.service.add_peer(self.target.agent_metadata)
         local = self.blocks[self.n_remote :]
         with core.activity() as cancel:
             context.add_callback(cancel.set)
@@ -151,9 +161,7 @@ class EngineLoad:
                 pending.clear()
             finally:
                 # Never free the staging area under a write that may still read it.
-                for handle in pending:
-                    with contextlib.suppress(Exception):
-                        handle.wait(1.0, None)
+                settle(pending, 1.0, "engine write")
                 writes.release()
         nbytes = layout.layers * len(local) * layout.block_tokens * layout.bytes_per_token_layer
         self.bytes["local"] = nbytes
@@ -166,12 +174,7 @@ class EngineLoad:
         remote = self.blocks[: self.n_remote]
         serve = agent_pb2.ServeLayersRequest(
             request_id=request.request_id,
-            blocks=[
-                agent_pb2.BlockRef(
-                    block_hash=b.block_hash, parent_hash=b.parent_hash, tokens=b.tokens
-                )
-                for b in remote
-            ],
+            blocks=block_refs(remote),
             layout=request.layout,
             transfer_id=self.target.transfer_id,
             engine_target=self.target.subset(0, self.n_remote).to_proto(),
@@ -201,6 +204,5 @@ def _cancel_on(cancel: threading.Event, finished: threading.Event, call: Any) ->
     stream cannot watch the event itself)."""
     while not finished.wait(0.05):
         if cancel.is_set():
-            with contextlib.suppress(Exception):
-                call.cancel()
+            release_logged(call.cancel, "decode agent stream cancel")
             return

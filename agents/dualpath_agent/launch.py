@@ -8,35 +8,41 @@ agent only does when asked."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dualpath_common import tls
+from dualpath_common.child import ReadyFileProcess
 
 from dualpath_agent.client import AgentClient
 
 
-class AgentStartError(RuntimeError):
-    pass
+class AgentHandle(ReadyFileProcess):
+    """One `dualpath agent` child; `info` is its ready file (endpoints, TLS mode)."""
 
+    name = "agent"
 
-@dataclass
-class AgentHandle:
-    node: str
-    role: str
-    process: subprocess.Popen[bytes]
-    info: dict[str, Any]
-    log_path: Path
-    _clients: list[AgentClient] = field(default_factory=list)
-    identity: tls.IdentityDir | None = None
+    def __init__(
+        self,
+        node: str,
+        role: str,
+        args: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        identity: tls.IdentityDir | None = None,
+    ) -> None:
+        super().__init__([], log_path, env)
+        self.args = [*args, "--ready-file", str(self.ready_file)]
+        self.node = node
+        self.role = role
+        self.identity = identity
+        self.info: dict[str, Any] = {}
+        self._clients: list[AgentClient] = []
+
+    def on_ready(self, ready: dict[str, Any]) -> None:
+        self.info = ready
 
     @property
     def endpoint(self) -> str:
@@ -46,41 +52,23 @@ class AgentHandle:
     def metrics_address(self) -> str:
         return str(self.info["metrics"])
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
     def client(self, timeout_s: float = 120.0) -> AgentClient:
         c = AgentClient(self.endpoint, timeout_s, identity=self.identity)
         self._clients.append(c)
         return c
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM (graceful), SIGKILL if it does not exit in time; returns the exit code."""
+    def stop(self, grace_s: float = 15.0) -> int | None:
+        """Close the handle's clients; SIGTERM (graceful), SIGKILL if it does not exit in
+        time; returns the exit code."""
         for c in self._clients:
             c.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait()
-
-    def kill(self) -> None:
-        """SIGKILL: the process gets no chance to clean up (crash tests)."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
+        return super().stop(grace_s)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return "\n".join(self.log_text().splitlines()[-lines:])
 
 
 def start_agent(
@@ -104,9 +92,6 @@ def start_agent(
         security = []
     else:
         security = ["--insecure"]
-    ready = workdir / f"{node}.ready.json"
-    ready.unlink(missing_ok=True)
-    log_path = workdir / f"{node}.log"
     cmd = [
         sys.executable,
         "-m",
@@ -122,24 +107,9 @@ def start_agent(
         buffer_bytes,
         "--device-bytes",
         device_bytes,
-        "--ready-file",
-        str(ready),
         *security,
         *extra_args,
     ]
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-    deadline = time.monotonic() + timeout_s
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise AgentStartError(f"agent {node} did not become ready:\n{tail}")
-        time.sleep(0.05)
-    info = json.loads(ready.read_text())
     identity = tls.IdentityDir.load(tls_dir) if tls_dir is not None else None
-    return AgentHandle(node, role, process, info, log_path, identity=identity)
+    handle = AgentHandle(node, role, cmd, workdir / f"{node}.log", env, identity)
+    return handle.start(timeout_s)

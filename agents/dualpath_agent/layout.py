@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 PAGE = 4096
@@ -55,9 +54,6 @@ class BlockLayout:
         """Size of a block file (and of its staging image): header + padded layers."""
         return HEADER_BYTES + self.layers * self.file_layer_stride(tokens)
 
-    def file_layer_offset(self, tokens: int, layer: int) -> int:
-        return HEADER_BYTES + layer * self.file_layer_stride(tokens)
-
 
 @dataclass(frozen=True)
 class RegionLayout:
@@ -77,12 +73,3 @@ class RegionLayout:
 
     def offset(self, layer: int, token: int) -> int:
         return layer * self.layer_stride + token * self.bytes_per_token_layer
-
-
-def token_offsets(token_counts: Sequence[int]) -> list[int]:
-    """First token index of each block, given the blocks' token counts in order."""
-    offsets, total = [], 0
-    for count in token_counts:
-        offsets.append(total)
-        total += count
-    return offsets

@@ -8,7 +8,6 @@ Without one it is plaintext: the CLI allows that only with --insecure."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +17,12 @@ from typing import Any
 import grpc
 from dualpath.v1 import agent_pb2_grpc
 from dualpath_common import authz, grpc_input, tls
+from dualpath_common.child import write_ready_file
 from dualpath_common.observability import ObservabilityServer
 
 from dualpath_agent.core import AgentConfig, AgentCore
-from dualpath_agent.service import GRPC_OPTIONS, AgentService, PeerClients
+from dualpath_agent.peers import GRPC_OPTIONS, PeerClients
+from dualpath_agent.service import AgentService
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,7 @@ class AgentProcess:
         }
 
     def write_ready_file(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.info()) + "\n")
-        os.replace(tmp, path)
+        write_ready_file(path, self.info())
 
     def stop(self, grace_s: float | None = None) -> None:
         grace = self.config.grace_s if grace_s is None else grace_s

@@ -353,17 +353,6 @@ class BlockStore:
         return BlockCorrupt(block_hash, reason)
 
     # ----- reads ----------------------------------------------------------------------------
-    def expected_file_bytes(self, layout: BlockLayout, tokens: int) -> int:
-        return layout.file_bytes(tokens)
-
-    def check_size(self, block: StoredBlock, expected: int, actual: int | None = None) -> None:
-        """A file whose size is not what its geometry implies is truncated or foreign."""
-        size = block.file_bytes if actual is None else actual
-        if size != expected:
-            raise self.quarantine(
-                block.block_hash, f"file is {size} bytes, its geometry needs {expected}"
-            )
-
     def read_header(self, block_hash: bytes) -> BlockHeader:
         with self.pinned([block_hash]) as (block,):
             return self._read_header(block)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dualpath.v1 import agent_pb2, traffic_controller_pb2
 
 from dualpath_agent.blockhash import HASH_BYTES, chain_hash, validate_hash
-from dualpath_agent.core import BlockPlan
 from dualpath_agent.layout import BlockLayout
+from dualpath_agent.plan import BlockPlan
 
 
 def parse_layout(msg: agent_pb2.BlockLayout, field: str = "layout") -> BlockLayout:

@@ -62,6 +62,8 @@ POLICY: Mapping[str, Mapping[str, frozenset[str]]] = {
         "Schedule": frozenset({"router", "engine"}),
         "Complete": frozenset({"router", "engine"}),
         "Cancel": frozenset({"router", "engine"}),
+        "ReadDone": frozenset({"router", "engine"}),
+        "PrefillDone": frozenset({"router", "engine"}),
         "Session": frozenset({"router", "engine"}),
         "RegisterEngine": frozenset({"agent", "engine", "router"}),
         "DeregisterEngine": frozenset({"agent", "engine", "router"}),

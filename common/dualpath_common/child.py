@@ -1,6 +1,7 @@
 """A component started as a child process that writes a ready file (JSON) once it serves:
 started, waited for, stopped by its pid (SIGTERM, then SIGKILL after a grace period).
-Tests, the local stacks and benchmarks start the controller and the router this way."""
+Tests, the local stacks and benchmarks start the agents, the controller and the router this
+way."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+
+def write_ready_file(path: Path, ready: Mapping[str, Any]) -> None:
+    """The child's side: write `ready` (ports) and its pid as JSON, atomically (the parent
+    polls for the file and must never read half of it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**ready, "pid": os.getpid()}))
+    tmp.replace(path)
 
 
 class ReadyFileProcess:
@@ -22,11 +31,18 @@ class ReadyFileProcess:
 
     name = "process"
 
-    def __init__(self, args: Sequence[str], log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_path: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`env`: variables set for the child on top of this process's environment."""
         self._tmp = tempfile.TemporaryDirectory(prefix=f"dualpath-{self.name}-")
         self.ready_file = Path(self._tmp.name) / "ready.json"
         self.log_path = log_path or Path(self._tmp.name) / f"{self.name}.log"
         self.args = list(args)
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def on_ready(self, ready: dict[str, Any]) -> None:
@@ -34,7 +50,12 @@ class ReadyFileProcess:
 
     def start(self, timeout_s: float = 30.0) -> Self:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env} if self.env else None,
+            )
         deadline = time.monotonic() + timeout_s
         while not self.ready_file.exists():
             if self.proc.poll() is not None:
@@ -47,6 +68,11 @@ class ReadyFileProcess:
             time.sleep(0.05)
         self.on_ready(json.loads(self.ready_file.read_text()))
         return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} not started"
+        return self.proc.pid
 
     def log_text(self) -> str:
         try:

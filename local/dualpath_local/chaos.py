@@ -118,20 +118,26 @@ class Recovery:
 
 
 def recovery(
-    completions_s: Sequence[float], event_s: float, wall_s: float, window_s: float = RATE_WINDOW_S
+    completions_s: Sequence[float],
+    event_s: float,
+    wall_s: float,
+    until_s: float | None = None,
+    window_s: float = RATE_WINDOW_S,
 ) -> Recovery:
     """From the turns' completion times (seconds since the phase started): the phase's
     average rate (the baseline), the lowest rate of a sliding window starting at or after
-    the event, and when a window was back at RECOVERED_SHARE of the baseline."""
+    the event (and ending by `until_s`: the next event, default the phase's end), and when
+    a window was back at RECOVERED_SHARE of the baseline."""
     baseline = len(completions_s) / wall_s if wall_s > 0 else 0.0
     times = sorted(completions_s)
+    end = wall_s if until_s is None else min(until_s, wall_s)
 
     def rate(start: float) -> float:
         return sum(1 for t in times if start <= t < start + window_s) / window_s
 
     starts = []
     t = event_s
-    while t + window_s <= wall_s:
+    while t + window_s <= end:
         starts.append(t)
         t += window_s / 8
     if not starts or baseline == 0:
@@ -192,8 +198,11 @@ class ChaosRun:
     def _run(self) -> None:
         pending: list[AppliedEvent] = []
         for applied in self.applied:
-            if self._stop.wait(max(0.0, applied.event.at_s - self._now())):
-                return
+            # Until the event is due, watch the earlier ones come back.
+            while self._now() < applied.event.at_s:
+                if self._stop.wait(min(0.1, applied.event.at_s - self._now())):
+                    return
+                self._note_back(pending)
             self._apply(applied)
             pending.append(applied)
             self._note_back(pending)

@@ -395,6 +395,7 @@ class PhaseDriver:
             on_layer=lambda _progress: gpu.compute(layer_s, self.stop),
         )
         record.load_s = time.monotonic() - load_started
+        c.controller.read_done(step.request_id)  # the controller's booked read ends here
         record.bytes_loaded = loaded.bytes_total
         record.bytes_from_local_storage = loaded.bytes_from_local_storage
         record.bytes_from_peer = loaded.bytes_from_peer
@@ -414,6 +415,7 @@ class PhaseDriver:
         if commit.persist_error:
             raise PersistFailed(f"persist failed on {step.de_node}: {commit.persist_error}")
         record.blocks_persisted = commit.blocks_persisted + commit.blocks_already_present
+        c.controller.prefill_done(step.request_id)  # the PE's booked load ends here
         # The decode node persisted them; the shared store makes them visible everywhere.
         self._persist(blocks.new_blocks, step.de_node, already_on_first=True)
 

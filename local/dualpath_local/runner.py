@@ -344,12 +344,15 @@ class Demo:
             len(self.supervisor.restarts) if self.supervisor else 0
         ) - restarts_before
         completions = [r.started_s + r.turn_s for r in run.records]
+        hits = [a for a in applied if a.applied_s is not None]
+        # Each event's dip is measured until the next event hits.
+        ends = [a.applied_s for a in hits[1:]] + [None] if hits else []
         result.chaos = [
             {
                 **a.as_json(),
-                **recovery(completions, a.applied_s, result.wall_s).as_json(),
+                **recovery(completions, a.applied_s, result.wall_s, until).as_json(),
             }
-            for a in applied
+            for a, until in zip(hits, ends, strict=True)
             if a.applied_s is not None
         ]
         log.info(

@@ -375,7 +375,7 @@ def pid_alive(pid: int) -> bool:
 
 def _stop_agent(handle: AgentHandle) -> None:
     try:
-        handle.stop(timeout_s=10.0)
+        handle.stop(grace_s=10.0)
     except Exception as exc:  # still try SIGKILL: never leave it behind
         log.warning("agent stop failed", extra={"node": handle.node, "error": str(exc)})
         with contextlib.suppress(Exception):

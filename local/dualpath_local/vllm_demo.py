@@ -74,6 +74,8 @@ class PhaseReport:
     node_snic_utilisation: dict[str, float]
     speedup: float = 0.0
     mismatches: int = 0
+    # The failed turns' errors (at most 10), so a failure says what it was.
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -297,9 +299,13 @@ class VllmDemo:
                 n: round(b / wall / self.config.snic_read_bytes_per_s, 3) for n, b in read.items()
             },
         )
+        report.errors = [
+            f"trajectory {r.trajectory} turn {r.turn}: {r.error}" for r in records if r.error
+        ][:10]
         self.log(
             f"[{policy}] {report.turns_per_s} turns/s, TTFT p50 {report.ttft_p50_s}s, "
             f"reads {read}, failed {report.failed}"
+            + (f" (first: {report.errors[0]})" if report.errors else "")
         )
         return report
 

@@ -15,7 +15,9 @@ import os
 import signal
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
+from dualpath_common.child import write_ready_file
 from dualpath_common.logs import configure_logging
 from dualpath_common.observability import ObservabilityServer
 
@@ -58,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-period", type=float, default=2.0)
     parser.add_argument("--identity", help="leader-election identity (default: host-pid)")
     parser.add_argument("--log-level", default=None, help="debug, info, warning, error")
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        help="write {metrics_port, pid} as JSON here once /metrics and /readyz serve",
+    )
 
 
 @dataclass
@@ -103,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     server = ObservabilityServer(
         host=args.metrics_host, port=args.metrics_port, readiness=health.readiness
     ).start()
+    if args.ready_file is not None:
+        write_ready_file(args.ready_file, {"metrics_port": server.port})
     log.info(
         "operator starting",
         extra={

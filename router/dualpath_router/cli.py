@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import uvicorn
 from dualpath_common import tls
+from dualpath_common.child import write_ready_file
 from dualpath_common.logs import configure_logging
 
 from dualpath_router.app import create_app
@@ -154,12 +154,6 @@ def _configure_logging(json_logs: bool, level: str | None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _write_ready_file(path: Path, port: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"port": port, "pid": os.getpid()}))
-    tmp.replace(path)  # atomic: readers never see half a file
-
-
 async def serve(config: RouterConfig, sock: socket.socket, ready_file: Path | None) -> None:
     server = uvicorn.Server(
         uvicorn.Config(
@@ -177,7 +171,7 @@ async def serve(config: RouterConfig, sock: socket.socket, ready_file: Path | No
         port = sock.getsockname()[1]
         log.info("router listening", extra={"address": f"{config.listen_host}:{port}"})
         if ready_file is not None:
-            _write_ready_file(ready_file, port)
+            write_ready_file(ready_file, {"port": port})
     await task
 
 

@@ -41,6 +41,13 @@ from dualpath_router.rewrite import Route, decode_body, prefill_body, salted_bod
 from dualpath_router.tenancy import TenantSalts
 
 log = logging.getLogger("dualpath.router.proxy")
+
+
+def _progress_failed(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.info("prefill-done signal failed", extra={"error": str(future.exception())})
+
+
 T = TypeVar("T")
 
 # Schedule errors after which the request is certainly not booked. After any other (a
@@ -250,6 +257,7 @@ class Proxy:
             flow.route = await self._schedule(flow)
             if flow.route.disaggregated:
                 await self._prefill(flow, flow.route)
+                self._prefill_done(flow.request_id)
             upstream = await self._open_decode(flow, flow.route)
             if flow.request.stream:
                 return StreamingAnswer(self, flow, upstream)
@@ -328,6 +336,13 @@ class Proxy:
             self.pool.states.values(), key=lambda s: (not s.up, s.spec.role != "prefill")
         )
         return [s.spec for s in states]
+
+    def _prefill_done(self, request_id: str) -> None:
+        """The prefill answered, so the request's read and prefill are done: the controller
+        gives the prefill engine's booked load back now (the simulator's lifecycle does the
+        same). Not awaited: the decode need not wait for it; a failure is only logged (the
+        load is released at Complete anyway)."""
+        self.session.prefill_done_nowait(request_id).add_done_callback(_progress_failed)
 
     async def _schedule(self, flow: RequestFlow) -> Route:
         total = len(flow.token_ids)

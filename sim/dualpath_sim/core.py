@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dualpath_controller.policy import (
     ClusterView,
     EngineState,
+    Lifecycle,
     Policy,
     Request,
     Role,
@@ -38,9 +39,11 @@ from dualpath_controller.policy import (
 from dualpath_sim import constants as C
 from dualpath_sim.compute import decode_step_s, prefill_chunk_s, tokens_fitting
 from dualpath_sim.config import SimConfig
+from dualpath_sim.entities import AgentState, DecodeEngine, PrefillEngine, TurnState
 from dualpath_sim.hardware import Link, Node, engine_name, node_name
-from dualpath_sim.metrics import Invariants, LatencySummary, NodeUsage, RunResult
+from dualpath_sim.metrics import Invariants, RunResult
 from dualpath_sim.policies import build_policy
+from dualpath_sim.result import build_result
 from dualpath_sim.trace import Trajectory, generate_trace
 
 # Event kinds.
@@ -54,114 +57,6 @@ _PROGRESS_EVERY = 50_000
 
 # Called now and then with the fraction of the run done (0..1).
 ProgressFn = Callable[[float], None]
-
-
-class _Agent:
-    __slots__ = ("aid", "done_at", "end_turn", "next_turn", "stored", "traj")
-
-    def __init__(self, aid: int, traj: Trajectory, first_turn: int, end_turn: int) -> None:
-        self.aid = aid
-        self.traj = traj
-        self.next_turn = first_turn
-        self.end_turn = end_turn
-        # Tokens of the agent's current context persisted as Full Blocks in storage. A window
-        # that starts mid-trajectory finds its earlier turns already stored.
-        self.stored = traj.reused_prefix_tokens[first_turn] if first_turn > 0 else 0
-        self.done_at = -1.0
-
-
-class _Turn:
-    __slots__ = (
-        "agent",
-        "arrival",
-        "cached",
-        "ctx_join",
-        "de",
-        "de_bytes",
-        "done_tokens",
-        "first_token",
-        "join",
-        "loaded",
-        "new",
-        "out",
-        "pe",
-        "pe_bytes",
-        "prompt",
-        "request",
-        "tau_join",
-        "v_join",
-    )
-    pe: _Prefill
-    de: _Decode
-
-    def __init__(self, agent: _Agent, arrival: float, request: Request, out: int) -> None:
-        self.agent = agent
-        self.arrival = arrival
-        self.request = request
-        self.prompt = request.total_tokens
-        self.cached = request.cached_tokens
-        self.new = request.append_tokens
-        self.out = out
-        self.done_tokens = 0
-        self.loaded = False
-        self.pe_bytes = 0
-        self.de_bytes = 0
-        self.first_token = -1.0
-        self.join = -1.0
-        self.tau_join = 0.0
-        self.v_join = 0.0
-        self.ctx_join = 0
-
-
-class _Prefill:
-    __slots__ = ("batch", "busy", "cnic", "eid", "node", "ready")
-
-    def __init__(self, eid: str, node: Node, cnic: Link) -> None:
-        self.eid = eid
-        self.node = node
-        self.cnic = cnic
-        self.ready: deque[_Turn] = deque()
-        self.busy = False
-        self.batch: list[tuple[_Turn, int]] = []
-
-
-class _Decode:
-    __slots__ = (
-        "capacity",
-        "cnic",
-        "ctx_sum",
-        "eid",
-        "heap",
-        "index",
-        "n",
-        "node",
-        "seq",
-        "t_u",
-        "t_used",
-        "tau",
-        "used",
-        "v",
-        "v_sum",
-        "version",
-    )
-
-    def __init__(self, eid: str, node: Node, cnic: Link, capacity: int) -> None:
-        self.eid = eid
-        self.node = node
-        self.cnic = cnic
-        self.capacity = capacity
-        self.used = 0  # HBM tokens booked
-        self.heap: list[tuple[float, int, _Turn]] = []
-        self.n = 0
-        self.v = 0.0  # decode steps done since the start (continuous)
-        self.t_u = 0.0
-        self.tau = 0.0
-        self.ctx_sum = 0  # sum of context tokens at join
-        self.v_sum = 0.0  # sum of v at join
-        self.version = 0
-        self.seq = 0
-        self.t_used = 0.0
-        self.index = 0
 
 
 class Simulator:
@@ -184,7 +79,7 @@ class Simulator:
         self.now = 0.0
         self.heap: list[tuple[float, int, int, object, int]] = []
         self.seq = 0
-        self.pending: deque[_Turn] = deque()
+        self.pending: deque[TurnState] = deque()
         self.inv = Invariants()
         self._build_cluster()
         self.decode_list = list(self.decodes.values())
@@ -204,8 +99,8 @@ class Simulator:
         self.output_tokens = 0
         self.prompt_tokens = 0
         self.computed_tokens = 0
-        self.agents: list[_Agent] = []
-        self.inflight: dict[str, _Turn] = {}
+        self.agents: list[AgentState] = []
+        self.inflight: dict[str, TurnState] = {}
         # Time integrals over all decode engines: batch size and booked HBM tokens.
         self.area_batch = 0.0
         self.area_hbm = 0.0
@@ -226,9 +121,11 @@ class Simulator:
         hw = self.config.hardware
         view = ClusterView()
         self.view = view
+        # The booking lifecycle the gRPC server runs too (policy/lifecycle.py).
+        self.lifecycle = Lifecycle(self.policy, view)
         self.nodes: list[Node] = []
-        self.prefills: dict[str, _Prefill] = {}
-        self.decodes: dict[str, _Decode] = {}
+        self.prefills: dict[str, PrefillEngine] = {}
+        self.decodes: dict[str, DecodeEngine] = {}
         capacity = self.profile.de_kv_capacity_tokens
         for prefill, count in ((True, hw.prefill_nodes), (False, hw.decode_nodes)):
             for i in range(count):
@@ -250,10 +147,10 @@ class Simulator:
                     node.engines.append(eid)
                     cnic = self._link(eid + "/cnic", hw.cnic_bytes_per_s)
                     if prefill:
-                        self.prefills[eid] = _Prefill(eid, node, cnic)
+                        self.prefills[eid] = PrefillEngine(eid, node, cnic)
                         view.add_engine(EngineState(eid, Role.PREFILL, node=name))
                     else:
-                        self.decodes[eid] = _Decode(eid, node, cnic, capacity)
+                        self.decodes[eid] = DecodeEngine(eid, node, cnic, capacity)
                         view.add_engine(
                             EngineState(
                                 eid,
@@ -296,11 +193,11 @@ class Simulator:
             self._push(t, _ARRIVE, agent)
             aid += 1
 
-    def _make_agent(self, aid: int, traj: Trajectory, random_start: bool) -> _Agent:
+    def _make_agent(self, aid: int, traj: Trajectory, random_start: bool) -> AgentState:
         window = self.config.workload.turn_window
         first = self.rng.randrange(traj.turns) if random_start else 0
         end = traj.turns if window <= 0 else min(traj.turns, first + window)
-        agent = _Agent(aid, traj, first, end)
+        agent = AgentState(aid, traj, first, end)
         self.agents.append(agent)
         return agent
 
@@ -364,7 +261,7 @@ class Simulator:
 
     # ----- arrivals and scheduling -----
 
-    def _on_arrive(self, agent: _Agent) -> None:
+    def _on_arrive(self, agent: AgentState) -> None:
         traj = agent.traj
         k = agent.next_turn
         prompt = traj.prompt_tokens[k]
@@ -379,7 +276,7 @@ class Simulator:
             expected_output_tokens=out,
             kv_bytes_per_token=self.bpt,
         )
-        turn = _Turn(agent, self.now, request, out)
+        turn = TurnState(agent, self.now, request, out)
         self.pending.append(turn)
         self._dispatch()
 
@@ -405,7 +302,7 @@ class Simulator:
                 break
             window.append(turn.request)
         self.inv.schedule_calls += 1
-        result = self.policy.schedule_batch(self.view, window)
+        result = self.lifecycle.schedule(window)
         if result.unscheduled:
             self.inv.no_capacity += 1
         for assignment in result.assignments:
@@ -437,7 +334,7 @@ class Simulator:
         ranked = self.view.active_by_tokens(Role.PREFILL)
         return not ranked or ranked[0][0] > self.beta
 
-    def _start(self, turn: _Turn, pe_id: str, de_id: str, de_fraction: float) -> None:
+    def _start(self, turn: TurnState, pe_id: str, de_id: str, de_fraction: float) -> None:
         pe = self.prefills[pe_id]
         de = self.decodes[de_id]
         turn.pe = pe
@@ -469,19 +366,19 @@ class Simulator:
 
     # ----- prefill -----
 
-    def _on_kv_ready(self, turn: _Turn) -> None:
-        self.view.finish_read(turn.request.request_id)
+    def _on_kv_ready(self, turn: TurnState) -> None:
+        self.lifecycle.read_done(turn.request.request_id)
         pe = turn.pe
         pe.ready.append(turn)
         if not pe.busy:
             self._start_batch(pe)
 
-    def _start_batch(self, pe: _Prefill) -> None:
+    def _start_batch(self, pe: PrefillEngine) -> None:
         profile = self.profile
         now = self.now
         compute = profile.prefill_batch_overhead_s
         budget = C.PREFILL_QUOTA_S - compute
-        batch: list[tuple[_Turn, int]] = []
+        batch: list[tuple[TurnState, int]] = []
         load_end = now
         ready = pe.ready
         for turn in ready:
@@ -514,7 +411,7 @@ class Simulator:
         pe.batch = batch
         self._push(now + duration, _BATCH_DONE, pe)
 
-    def _load_kv(self, turn: _Turn, now: float) -> float:
+    def _load_kv(self, turn: TurnState, now: float) -> float:
         """Stream the turn's cached KV from the buffers into the PE's HBM."""
         pe = turn.pe
         end = now
@@ -532,7 +429,7 @@ class Simulator:
             )
         return end
 
-    def _on_batch_done(self, pe: _Prefill) -> None:
+    def _on_batch_done(self, pe: PrefillEngine) -> None:
         now = self.now
         bpt = self.bpt
         ready = pe.ready
@@ -542,7 +439,7 @@ class Simulator:
                 continue  # chunked: still at the head of the ready queue
             ready.popleft()
             turn.first_token = now
-            self.view.finish_prefill(turn.request.request_id)
+            self.lifecycle.prefill_done(turn.request.request_id)
             de = turn.de
             # KV the DE does not hold yet: the PE-side read and the newly computed tokens.
             out_bytes = turn.pe_bytes + turn.new * bpt
@@ -563,14 +460,14 @@ class Simulator:
 
     # ----- decode -----
 
-    def _advance(self, de: _Decode) -> None:
+    def _advance(self, de: DecodeEngine) -> None:
         if de.n:
             dt = self.now - de.t_u
             de.v += dt / de.tau
             self.area_batch += de.n * dt
         de.t_u = self.now
 
-    def _book_hbm(self, de: _Decode, delta: int) -> None:
+    def _book_hbm(self, de: DecodeEngine, delta: int) -> None:
         self.area_hbm += de.used * (self.now - de.t_used)
         de.t_used = self.now
         if delta:
@@ -578,7 +475,7 @@ class Simulator:
             self.free_hbm_total -= delta
             heapq.heappush(self.free_heap, (de.used - de.capacity, de.index))
 
-    def _retime(self, de: _Decode) -> None:
+    def _retime(self, de: DecodeEngine) -> None:
         de.version += 1
         if not de.n:
             return
@@ -587,7 +484,7 @@ class Simulator:
         target = de.heap[0][0]
         self._push(self.now + max(0.0, target - de.v) * de.tau, _DECODE_STEP, de, de.version)
 
-    def _on_decode_join(self, turn: _Turn) -> None:
+    def _on_decode_join(self, turn: TurnState) -> None:
         de = turn.de
         self._advance(de)
         steps = turn.out - 1  # the first token came from prefill
@@ -607,7 +504,7 @@ class Simulator:
         self._retime(de)
         turn.tau_join = de.tau
 
-    def _on_decode_step(self, de: _Decode) -> None:
+    def _on_decode_step(self, de: DecodeEngine) -> None:
         self._advance(de)
         heap = de.heap
         limit = de.v + 1e-9
@@ -624,11 +521,11 @@ class Simulator:
         self._retime(de)
         self._dispatch()
 
-    def _finish_turn(self, turn: _Turn) -> None:
+    def _finish_turn(self, turn: TurnState) -> None:
         now = self.now
         wl = self.config.workload
         rid = turn.request.request_id
-        self.view.release(rid)
+        self.lifecycle.release(rid)
         del self.inflight[rid]
         de = turn.de
         self._book_hbm(de, -turn.request.hbm_tokens)
@@ -668,70 +565,7 @@ class Simulator:
     # ----- results -----
 
     def _result(self, end: float, wall_s: float) -> RunResult:
-        cfg = self.config
-        wl = cfg.workload
-        if wl.mode == "online":
-            # Turns still waiting for their first token at the horizon count with the wait
-            # they have had so far, so an overloaded run cannot hide its backlog.
-            for turn in list(self.pending) + list(self.inflight.values()):
-                if turn.arrival >= wl.warmup_s and turn.first_token < 0:
-                    self.ttft.append(end - turn.arrival)
-        span = end if wl.mode == "offline" else end - wl.warmup_s
-        # The loaded window: offline from 0 until LOADED_FRACTION of the turns are done,
-        # online the measurement window.
-        if wl.mode == "offline":
-            window = (0.0, self.loaded_until if self.loaded_until > 0 else end)
-        else:
-            window = (wl.warmup_s, end)
-        first_bin = int(window[0] / cfg.bin_s)
-        last_bin = max(first_bin + 1, math.ceil(window[1] / cfg.bin_s))
-        nodes = []
-        for node in self.nodes:
-            link = node.snic_read
-            bytes_per_bin = link.bytes_per_s * cfg.bin_s
-            finite = math.isfinite(bytes_per_bin)
-            series = [b / bytes_per_bin for b in link.bins] if finite else []
-            nodes.append(
-                NodeUsage(
-                    node=node.name,
-                    role="prefill" if node.prefill else "decode",
-                    read_bytes=link.bytes_total,
-                    write_bytes=node.snic_write.bytes_total,
-                    read_utilisation=(link.busy_s / end) if end > 0 else 0.0,
-                    read_bytes_loaded=int(sum(link.bins[first_bin:last_bin])),
-                    read_series=series,
-                )
-            )
-        self.inv.read_bytes_links = sum(n.snic_read.bytes_total for n in self.nodes)
-        self.inv.write_bytes_links = sum(n.snic_write.bytes_total for n in self.nodes)
-        done_agents = sum(1 for a in self.agents if a.done_at >= 0)
-        makespan = end
-        if wl.mode == "offline":
-            makespan = max((a.done_at for a in self.agents), default=end)
-        return RunResult(
-            policy=cfg.policy,
-            label=cfg.hardware.label,
-            mode=wl.mode,
-            model=cfg.model,
-            cluster=cfg.hardware.label,
-            agents=len(self.agents),
-            arrival_rate=wl.arrival_rate,
-            makespan_s=makespan if wl.mode == "offline" else span,
-            turns_completed=self.turns_in_window,
-            agents_completed=done_agents,
-            output_tokens=self.output_tokens,
-            prompt_tokens=self.prompt_tokens,
-            computed_tokens=self.computed_tokens,
-            ttft=LatencySummary.of(self.ttft),
-            tpot=LatencySummary.of(self.tpot),
-            ttst=LatencySummary.of(self.ttst),
-            nodes=nodes,
-            bin_s=cfg.bin_s,
-            loaded_window=window,
-            invariants=self.inv,
-            wall_s=wall_s,
-            extra=self._diagnostics(end),
-        )
+        return build_result(self, end, wall_s, self._diagnostics(end))
 
     def _diagnostics(self, end: float) -> dict[str, float]:
         count = len(self.decodes)

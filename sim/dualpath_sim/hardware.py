@@ -44,18 +44,6 @@ class HardwareSpec:
     def label(self) -> str:
         return f"{self.prefill_nodes}P{self.decode_nodes}D"
 
-    @property
-    def prefill_engines(self) -> int:
-        return self.prefill_nodes * self.gpus_per_node
-
-    @property
-    def decode_engines(self) -> int:
-        return self.decode_nodes * self.gpus_per_node
-
-    @property
-    def total_snic_read_bytes_per_s(self) -> float:
-        return (self.prefill_nodes + self.decode_nodes) * self.snic_read_bytes_per_s
-
 
 class Link:
     """A FIFO bandwidth server. `bin_s` > 0 records bytes per time bin (for plots)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from dualpath_sim import constants as C
 from dualpath_sim.config import SimConfig, Workload
@@ -43,10 +43,6 @@ class Preset:
         if wl.mode == "offline":
             return self.config.with_workload(agents=int(load))
         return self.config.with_workload(arrival_rate=float(load))
-
-    def config_for_shape(self, prefill_nodes: int, decode_nodes: int) -> SimConfig:
-        hw = replace(self.config.hardware, prefill_nodes=prefill_nodes, decode_nodes=decode_nodes)
-        return replace(self.config, hardware=hw)
 
 
 def _ds660b(p: int, d: int, trace: str, agents: int, **wl: object) -> SimConfig:

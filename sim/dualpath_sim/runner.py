@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import queue as queue_mod
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -165,15 +164,6 @@ def find_capacity(
         else:
             hi = mid
     return CapacityResult(config.policy, lo, runs)
-
-
-class Stopwatch:
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
 
 
 def _capacity_worker(

@@ -8,7 +8,8 @@ import json
 import secrets
 from typing import Any
 
-from tests.support.e2e import ROLE_LABEL, E2EEnv, describe_namespace, wait_until
+from tests.support.e2e import ROLE_LABEL, E2EEnv, describe_namespace
+from tests.support.wait import wait_for
 
 CLIENT_SCRIPT = r"""
 import json, socket, ssl, sys, time, urllib.request
@@ -91,7 +92,7 @@ def test_pods_reach_service_dns_and_api_across_nodes(e2e: E2EEnv, e2e_namespace:
     ns = e2e_namespace
     token = secrets.token_hex(8)
     prefill, decode = node_for(core, "prefill"), node_for(core, "decode")
-    wait_until(
+    wait_for(
         "the namespace's default ServiceAccount",
         lambda: core.read_namespaced_service_account("default", ns),
         30,
@@ -118,9 +119,7 @@ def test_pods_reach_service_dns_and_api_across_nodes(e2e: E2EEnv, e2e_namespace:
         assert phase != "Failed", core.read_namespaced_pod_log("client", ns)
         return phase if phase == "Succeeded" else None
 
-    wait_until(
-        "the client pod to finish", finished, 120, explain=lambda: describe_namespace(api, ns)
-    )
+    wait_for("the client pod to finish", finished, 120, explain=lambda: describe_namespace(api, ns))
     logs = core.read_namespaced_pod_log("client", ns)
     result = json.loads(logs.split("RESULT ", 1)[1])
     svc_ip = core.read_namespaced_service("web", ns).spec.cluster_ip

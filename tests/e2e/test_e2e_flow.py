@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.e2e import ROLE_LABEL, E2EEnv, describe_namespace, wait_until
+from tests.support.e2e import ROLE_LABEL, E2EEnv, describe_namespace
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "dualpath"
@@ -151,7 +152,7 @@ class Flow:
             phase = self.core.read_namespaced_pod(name, self.namespace).status.phase
             return phase if phase in ("Succeeded", "Failed") else None
 
-        wait_until(f"driver {args[2:3]}", finished, timeout, explain=self.explain(self.namespace))
+        wait_for(f"driver {args[2:3]}", finished, timeout, explain=self.explain(self.namespace))
         logs = self.core.read_namespaced_pod_log(name, self.namespace)
         self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
         self.core.delete_namespaced_config_map(name, self.namespace)
@@ -241,7 +242,7 @@ def test_2_sample_cluster_runs_on_both_nodes(step: Flow) -> None:
     step.custom.create_namespaced_custom_object(
         GROUP, VERSION, step.namespace, PLURAL, step.sample()
     )
-    wait_until(
+    wait_for(
         "DualPathCluster Ready=True", step.cluster_ready, READY_TIMEOUT, explain=step.explain()
     )
     pods = step.agent_pods()
@@ -324,7 +325,7 @@ def test_5_spec_change_rolls_the_agents(step: Flow) -> None:
         )
         return len(fresh) == len(before) == len(pods) and ready and bool(step.cluster_ready())
 
-    wait_until("agents rolled to the new spec", rolled, READY_TIMEOUT, explain=step.explain())
+    wait_for("agents rolled to the new spec", rolled, READY_TIMEOUT, explain=step.explain())
     for ds in step.apps.list_namespaced_daemon_set(step.namespace).items:
         env = {e.name: e.value for e in ds.spec.template.spec.containers[0].env or []}
         assert env.get("DUALPATH_LOG_LEVEL") == "debug", ds.metadata.name
@@ -354,7 +355,7 @@ def test_6_delete_cleans_up_every_child(step: Flow) -> None:
         assert all(isinstance(v, list) for v in left.values())
         return not any(left.values())
 
-    wait_until(
+    wait_for(
         "every child and pod of the DualPathCluster gone",
         gone,
         READY_TIMEOUT,
@@ -393,7 +394,7 @@ def test_7_helm_upgrade_to_ha_then_uninstall_leaves_nothing_behind(step: Flow) -
         holder = lease.spec.holder_identity or ""
         return holder if any(holder.startswith(n) for n in names) else None
 
-    wait_until(
+    wait_for(
         "one operator replica holding the Lease", one_leader, 60, explain=step.explain(OPERATOR_NS)
     )
 
@@ -413,7 +414,7 @@ def test_7_helm_upgrade_to_ha_then_uninstall_leaves_nothing_behind(step: Flow) -
         namespaces = {n.metadata.name for n in step.core.list_namespace().items}
         return CRD_NAME not in crds and OPERATOR_NS not in namespaces
 
-    wait_until("the CRD and the operator namespace gone", all_gone, 120)
+    wait_for("the CRD and the operator namespace gone", all_gone, 120)
 
 
 def lookup(step: Flow, doc: dict[str, Any]) -> Any:

@@ -19,7 +19,7 @@ from dualpath_agent.layout import BlockLayout
 from dualpath_controller.client import ControllerClient
 from dualpath_controller.process import ControllerProcess
 
-from tests.support.localcluster import wait_for
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 LAYOUT = BlockLayout(layers=4, block_tokens=64, bytes_per_token_layer=1024)

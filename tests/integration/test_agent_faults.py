@@ -22,6 +22,9 @@ from dualpath_agent.client import AgentClient, LoadResult, ReadPath, expected_re
 from dualpath_agent.launch import AgentHandle, start_agent
 from dualpath_agent.layout import BlockLayout
 
+from tests.support.metrics import sample_value
+from tests.support.wait import wait_for
+
 LAYOUT = BlockLayout(layers=4, block_tokens=64, bytes_per_token_layer=1024)
 BLOCK_FILE = LAYOUT.file_bytes(64)
 
@@ -35,15 +38,6 @@ def code_of(call) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def
     with pytest.raises(grpc.RpcError) as err:
         call()
     return err.value.code(), err.value.details()
-
-
-def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def buffers_whole(client: AgentClient) -> bool:
@@ -88,7 +82,7 @@ def test_unknown_block_is_not_found_on_both_paths(pair):
         assert code == grpc.StatusCode.NOT_FOUND and missing in details
     # Still serving: the known blocks load and verify.
     pe.load("known", chain[:2], LAYOUT, ReadPath.DE_READ, decode_endpoint=pair[1].endpoint)
-    wait_for(lambda: buffers_whole(pe) and buffers_whole(de), what="buffers freed")
+    wait_for("buffers freed", lambda: buffers_whole(pe) and buffers_whole(de))
 
 
 def test_bad_input_names_the_field(pair):
@@ -220,7 +214,7 @@ def test_corrupt_block_file_is_never_served(pair, work, path):
     pe.release("healthy")
     reader = de if path == ReadPath.DE_READ else pe
     assert reader.stat().checksum_failures >= 1
-    wait_for(lambda: buffers_whole(pe) and buffers_whole(de), what="buffers freed")
+    wait_for("buffers freed", lambda: buffers_whole(pe) and buffers_whole(de))
 
 
 def test_truncated_block_file_is_data_loss(pair, work):
@@ -239,11 +233,7 @@ def test_truncated_block_file_is_data_loss(pair, work):
 
 def _metric(agent: AgentHandle, name: str) -> float:
     """Sum of a counter's series on the agent's /metrics; raises when there is none."""
-    text = httpx.get(f"http://{agent.metrics_address}/metrics", timeout=5).text
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
-    if not values:
-        raise AssertionError(f"{name} is not exported")
-    return sum(values)
+    return sample_value(httpx.get(f"http://{agent.metrics_address}/metrics", timeout=5).text, name)
 
 
 def _slow_decode(work: Path, name: str, extra: tuple[str, ...] = ()) -> AgentHandle:
@@ -273,9 +263,9 @@ def test_peers_dying_mid_transfer(pair, work):
                 )
 
         threading.Thread(target=orphan_load, daemon=True).start()
-        wait_for(lambda: de_client.stat().snic_inflight_bytes > 0, what="slow read started")
+        wait_for("slow read started", lambda: de_client.stat().snic_inflight_bytes > 0)
         pe_tmp.kill()
-        wait_for(lambda: buffers_whole(de_client), timeout_s=20, what="decode buffers freed")
+        wait_for("decode buffers freed", lambda: buffers_whole(de_client), 20)
         assert de_client.health().serving and de_client.stat().read_queue_length == 0
 
         pe = pair[0].client()
@@ -299,7 +289,7 @@ def test_peers_dying_mid_transfer(pair, work):
 
         t = threading.Thread(target=victim_load)
         t.start()
-        wait_for(lambda: de_client.stat().snic_inflight_bytes > 0, what="slow read started")
+        wait_for("slow read started", lambda: de_client.stat().snic_inflight_bytes > 0)
         slow.kill()
         t.join(20)
         assert not t.is_alive()
@@ -318,7 +308,7 @@ def test_peers_dying_mid_transfer(pair, work):
     other = chain_for(31, 2)
     pair[1].client().seed_synthetic(other, LAYOUT)
     pe.load("after", other, LAYOUT, ReadPath.DE_READ, decode_endpoint=pair[1].endpoint)
-    wait_for(lambda: buffers_whole(pe), timeout_s=15, what="prefill buffers freed")
+    wait_for("prefill buffers freed", lambda: buffers_whole(pe), 15)
 
 
 def test_kill_during_persist_leaves_the_block_absent_or_intact(work):
@@ -344,7 +334,7 @@ def test_kill_during_persist_leaves_the_block_absent_or_intact(work):
                 target=_quiet_put, args=(agents[phase].client(), blocks[phase], data), daemon=True
             ).start()
         for phase, agent in agents.items():
-            wait_for((work / f"paused-{phase}").exists, what=f"persist paused at {phase}")
+            wait_for(f"persist paused at {phase}", (work / f"paused-{phase}").exists)
             agent.kill()  # SIGKILL in the middle of the persist
     finally:
         for agent in agents.values():
@@ -473,11 +463,11 @@ def test_graceful_shutdown_finishes_in_flight_transfers(pair, work):
         started = time.monotonic()
         t = threading.Thread(target=load)
         t.start()
-        wait_for(lambda: client.stat().snic_inflight_bytes > 0, what="read started")
+        wait_for("read started", lambda: client.stat().snic_inflight_bytes > 0)
         stat = client.stat()  # the node's storage read queue, as reported to the controller
         assert stat.read_queue_length == 1 and 0 < stat.read_queue_bytes <= 32 * BLOCK_FILE
         assert 0 < stat.read_queue_tokens <= 32 * 64
-        assert slow.stop(timeout_s=20) == 0  # SIGTERM: finishes the transfer, then exits 0
+        assert slow.stop(grace_s=20) == 0  # SIGTERM: finishes the transfer, then exits 0
         t.join(20)
     finally:
         slow.kill()
@@ -509,13 +499,13 @@ def test_shutdown_past_the_grace_period_cancels_and_the_prefill_side_falls_back(
         t = threading.Thread(target=load)
         t.start()
         client = slow.client()
-        wait_for(lambda: client.stat().snic_inflight_bytes > 0, what="read started")
+        wait_for("read started", lambda: client.stat().snic_inflight_bytes > 0)
         started = time.monotonic()
-        assert slow.stop(timeout_s=20) == 0
+        assert slow.stop(grace_s=20) == 0
         assert time.monotonic() - started < 8
         t.join(20)
     finally:
         slow.kill()
     assert not errors, errors[0].details()
     assert results[0].fallback_blocks == len(chain) and results[0].fallback_reason
-    wait_for(lambda: buffers_whole(pe), timeout_s=15, what="prefill buffers freed")
+    wait_for("prefill buffers freed", lambda: buffers_whole(pe), 15)

@@ -4,7 +4,6 @@ controller process."""
 from __future__ import annotations
 
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -19,6 +18,8 @@ from dualpath_agent.client import ReadPath, expected_region
 from dualpath_agent.launch import AgentHandle, start_agent
 from dualpath_agent.layout import BlockLayout
 from dualpath_controller.process import ControllerProcess
+
+from tests.support.wait import wait_for
 
 LAYOUT = BlockLayout(layers=4, block_tokens=64, bytes_per_token_layer=1024)
 QOS = ["--traffic-class", "106", "--service-level", "3", "--dscp", "26"]
@@ -138,10 +139,11 @@ def _check_reports(endpoint: str, tmp_path) -> None:  # type: ignore[no-untyped-
             status = stub.GetStatus(tc.StatusRequest(), timeout=5)
             return {e.engine.engine_id: e for e in status.engines}
 
-        deadline = time.monotonic() + 15
-        while len(engines()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        found = engines()
+        def both() -> dict[str, tc.EngineStatus] | None:
+            found = engines()
+            return found if len(found) >= 2 else None
+
+        found = wait_for("both engines registered", both, 15)
         assert set(found) == {"report-node/gpu0", "report-node/gpu1"}
         engine = found["report-node/gpu0"].engine
         assert engine.node == "report-node" and engine.agent_endpoint == agent.endpoint
@@ -158,16 +160,16 @@ def _check_reports(endpoint: str, tmp_path) -> None:  # type: ignore[no-untyped-
                 args=("reported", chain, LAYOUT, ReadPath.DE_READ, agent.endpoint),
             )
             t.start()
-            seen = 0
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not seen:
+
+            def queued_report() -> tc.LoadReport | None:
                 report = engines()["report-node/gpu0"].last_report
-                seen = report.read_queue_length
-                time.sleep(0.05)
+                return report if report.read_queue_length else None
+
+            report = wait_for("the read queued in the node's report", queued_report, 10)
             t.join(30)
         finally:
             peer.stop()
-        assert seen == 1
+        assert report.read_queue_length == 1
         assert report.read_queue_bytes > 0 and report.read_queue_tokens > 0
     finally:
         if agent is not None:

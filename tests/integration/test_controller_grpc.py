@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,15 +13,9 @@ from dualpath.v1 import traffic_controller_pb2 as pb
 from dualpath_controller.client import ControllerClient, EngineLoad, EngineReporter
 from dualpath_controller.process import ControllerProcess
 
+from tests.support.wait import wait_for
+
 pytestmark = pytest.mark.timeout(120)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def register_cluster(
@@ -159,10 +152,10 @@ def test_silent_engines_are_drained_and_come_back():
         decode = EngineReporter(client, decode_engine, lambda: EngineLoad(free_hbm_tokens=10_000))
         decode.start()
         try:
-            wait_until(lambda: len(client.status().engines) == 2, what="registrations")
+            wait_for("registrations", lambda: len(client.status().engines) == 2)
             assert client.schedule("r1", 100, 90, 10).assignment.decode_engine_id == "d"
             decode.stop()
-            wait_until(lambda: any(e.drained for e in client.status().engines), what="drain of d")
+            wait_for("drain of d", lambda: any(e.drained for e in client.status().engines))
             drained = {
                 e.engine.engine_id: e.drain_reason for e in client.status().engines if e.drained
             }
@@ -216,9 +209,9 @@ def test_a_reported_agent_failure_drains_at_once_and_reports_bring_it_back():
             assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
             for reporter in decode:
                 reporter.start()
-            wait_until(
+            wait_for(
+                "the reporting engines back in service",
                 lambda: not any(e.drained for e in client.status().engines),
-                what="the reporting engines back in service",
             )
             text = httpx.get(f"http://127.0.0.1:{proc.metrics_port}/metrics").text
             assert "dualpath_controller_agent_failures_total 1.0" in text
@@ -251,7 +244,7 @@ def test_a_restarted_controller_rebuilds_from_reports():
         client.wait_ready()
         for r in reporters:
             r.start()
-        wait_until(lambda: len(client.status().engines) == 2, what="registrations")
+        wait_for("registrations", lambda: len(client.status().engines) == 2)
         client.schedule("before", 100, 90, 10)
         first.kill()  # crash: no goodbye
         second = ControllerProcess(listen=f"127.0.0.1:{port}", report_interval_ms=100).start()
@@ -268,7 +261,7 @@ def test_a_restarted_controller_rebuilds_from_reports():
                 "d": 0,
             }
 
-        wait_until(rebuilt, timeout_s=20, what="state rebuilt from reports")
+        wait_for("state rebuilt from reports", rebuilt, 20)
         assert all(r.registrations >= 2 for r in reporters)
         assert client.complete("before", missing_ok=True) is False  # lost with the old process
         reply = client.schedule("after", 100, 90, 10)

@@ -21,6 +21,8 @@ from dualpath_controller.client import (
 )
 from dualpath_controller.process import ControllerProcess
 
+from tests.support.metrics import sample_value
+
 pytestmark = pytest.mark.timeout(120)
 
 HBM = 10_000_000
@@ -63,12 +65,10 @@ def assert_all_released(client: ControllerClient) -> None:
     assert all(n.read_queue_tokens == 0 for n in status.nodes)
 
 
-def metric(controller: ControllerProcess, prefix: str) -> float:
-    """Sum of the samples whose line starts with prefix (0 when there is none yet)."""
+def metric(controller: ControllerProcess, name: str, labels: dict[str, str] | None = None) -> float:
+    """The series' value; raises when the metric is not exported at all."""
     text = httpx.get(f"http://127.0.0.1:{controller.metrics_port}/metrics").text
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
-    )
+    return sample_value(text, name, labels)
 
 
 def test_concurrent_streams_pipeline_and_release_everything(controller, client):
@@ -116,13 +116,12 @@ def test_concurrent_streams_pipeline_and_release_everything(controller, client):
     assert metric(controller, "dualpath_controller_sessions_open") == 0
 
 
-SCHEDULE_INVALID = (
-    'dualpath_controller_rpc_errors_total{code="INVALID_ARGUMENT",method="Session.Schedule"}'
-)
+RPC_ERRORS = "dualpath_controller_rpc_errors_total"
+SCHEDULE_INVALID = {"code": "INVALID_ARGUMENT", "method": "Session.Schedule"}
 
 
 def test_failed_operations_are_answered_and_the_stream_goes_on(controller, client):
-    invalid_before = metric(controller, SCHEDULE_INVALID)
+    invalid_before = metric(controller, RPC_ERRORS, SCHEDULE_INVALID)
     session = ControllerSession(controller.target, streams=1)
     try:
         err = rpc_error(lambda: session.schedule("t2-bad", 100, 200, 0))
@@ -149,7 +148,7 @@ def test_failed_operations_are_answered_and_the_stream_goes_on(controller, clien
         assert session.batching()[1] == 10
     finally:
         session.close()
-    assert metric(controller, SCHEDULE_INVALID) - invalid_before == 2
+    assert metric(controller, RPC_ERRORS, SCHEDULE_INVALID) - invalid_before == 2
     assert_all_released(client)
 
 

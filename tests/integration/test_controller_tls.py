@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -21,6 +20,7 @@ from dualpath_controller.client import ControllerClient, ControllerSession
 from dualpath_controller.process import ControllerProcess
 
 from tests.support.certs import write_tls_secret
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -77,12 +77,12 @@ def test_an_agent_reports_load_over_tls(tls_controller, secret, tmp_path):
     )
     try:
         with ControllerClient(tls_controller.target, tls_ca=secret) as client:
-            deadline = time.monotonic() + 15
-            engines: dict[str, object] = {}
-            while "tls-node/gpu0" not in engines and time.monotonic() < deadline:
-                engines = {e.engine.engine_id: e for e in client.status().engines}
-                time.sleep(0.1)
-            assert "tls-node/gpu0" in engines, agent.log_tail()
+            wait_for(
+                "the agent's engine registered over TLS",
+                lambda: any(e.engine.engine_id == "tls-node/gpu0" for e in client.status().engines),
+                15,
+                explain=agent.log_tail,
+            )
     finally:
         agent.stop()
 

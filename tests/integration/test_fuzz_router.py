@@ -27,8 +27,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support import fuzz
-from tests.support.localcluster import wait_for
 from tests.support.recording_engine import RecordingEngine
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

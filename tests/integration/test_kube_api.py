@@ -3,11 +3,11 @@ garbage-collects owned children (controller-manager runs)."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+from tests.support.wait import wait_for
 
 CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -41,14 +41,12 @@ CRD = {
 
 
 def _wait_established(ext: client.ApiextensionsV1Api, name: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def established() -> bool:
         crd = ext.read_custom_resource_definition(name)
         conds = {c.type: c.status for c in (crd.status.conditions or [])}
-        if conds.get("Established") == "True":
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"CRD {name} not established")
+        return conds.get("Established") == "True"
+
+    wait_for(f"CRD {name} established", established, 30)
 
 
 def test_crd_object_round_trip_and_schema_validation(kube, namespace):
@@ -94,13 +92,14 @@ def test_owner_reference_cascade_delete(kube, namespace):
         client.V1ConfigMap(metadata=client.V1ObjectMeta(name="child", owner_references=[ref])),
     )
     core.delete_namespaced_config_map("owner", namespace)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def collected() -> bool:
         try:
             core.read_namespaced_config_map("child", namespace)
         except ApiException as exc:
             if exc.status == 404:
-                return
+                return True
             raise
-        time.sleep(0.5)
-    pytest.fail("child ConfigMap was not garbage-collected within 60 s")
+        return False
+
+    wait_for("the child ConfigMap garbage-collected", collected, 60, interval=0.5, retry_on=())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,9 @@ from dualpath_controller.client import ControllerClient, ControllerSession
 from dualpath_controller.process import ControllerProcess
 from dualpath_router.process import RouterProcess
 
-from tests.support.localcluster import wait_for
+from tests.support.metrics import sample_value
 from tests.support.recording_engine import RecordingEngine
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -127,21 +127,18 @@ def _agent_stub(
 
 
 def _metric(address: str, name: str, labels: dict[str, str]) -> float:
-    text = httpx.get(f"http://{address}/metrics", timeout=5).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    """Sum of the series with these labels; raises when the metric is not exported."""
+    return sample_value(httpx.get(f"http://{address}/metrics", timeout=5).text, name, labels)
 
 
 def test_agents_report_to_the_controller_over_mutual_tls(mesh):
     with ControllerClient(mesh.controller.target, identity=mesh.ids["engine"]) as client:
-        deadline = time.monotonic() + 30
-        engines: set[str] = set()
-        while time.monotonic() < deadline and len(engines) < 2:
+
+        def both() -> set[str] | None:
             engines = {e.engine.engine_id for e in client.status().engines}
-            time.sleep(0.1)
+            return engines if len(engines) >= 2 else None
+
+        engines = wait_for("both agents' engines", both, 30)
     assert engines == {"pe-node/gpu0", "de-node/gpu0"}, mesh.prefill.log_tail()
     assert mesh.prefill.info["tls"] == "mtls"
     assert mesh.prefill.info["identity"] == pki.spiffe_id(NS, CLUSTER, "agent")

@@ -14,11 +14,9 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,8 +24,12 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 from dualpath_operator.api import DualPathClusterSpec
+from dualpath_operator.process import OperatorProcess
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+from tests.support.metrics import sample_value
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "manifests" / "crds" / "dualpath.io_dualpathclusters.yaml"
@@ -40,104 +42,34 @@ T = TypeVar("T")
 # --- helpers -----------------------------------------------------------------------------
 
 
-def wait_for(fn: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except ApiException as exc:
-            last = exc
-            if exc.status not in (404, 409):
-                raise
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class OperatorProcess:
-    """`dualpath operator` as a subprocess with its own metrics port and log file."""
+class Operator(OperatorProcess):
+    """The operator under test, started: its own identity, and a short lease so a standby
+    takes over within seconds."""
 
     def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path, name: str) -> None:
-        self.port = free_port()
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        argv = [
-            str(REPO / ".venv" / "bin" / "dualpath"),
-            "operator",
-            "--namespace",
-            namespace,
-            "--kubeconfig",
-            str(kubeconfig),
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(self.port),
-            "--identity",
-            name,
-            "--lease-namespace",
-            namespace,
-            "--lease-duration",
-            "4",
-            "--renew-deadline",
-            "3",
-            "--retry-period",
-            "0.5",
-            "--resync-seconds",
-            "120",
-            "--discovery-ttl",
-            "120",
-        ]
-        self.proc = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError as exc:
-            return 0, str(exc)
-
-    def readyz(self) -> str:
-        return self.get("/readyz")[1]
+        super().__init__(
+            kubeconfig=kubeconfig,
+            namespaces=[namespace],
+            log_path=log_dir / f"{name}.log",
+            extra_args=[
+                "--identity", name,
+                "--lease-namespace", namespace,
+                "--lease-duration", "4",
+                "--renew-deadline", "3",
+                "--retry-period", "0.5",
+                "--resync-seconds", "120",
+                "--discovery-ttl", "120",
+            ],
+        )  # fmt: skip
+        self.start()
 
     def metric(self, name: str, labels: str = "") -> float:
-        text = self.get("/metrics")[1]
-        prefix = f"{name}{{{labels}}}" if labels else name
-        for line in text.splitlines():
-            if line.startswith(prefix + " "):
-                return float(line.split()[-1])
-        return 0.0
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return int(self.proc.returncode)
+        """The series' value; raises when the metric is not exported (renamed: not 0)."""
+        return sample_value(self.get("/metrics")[1], name, labels)
 
 
 def install_crd(ext: client.ApiextensionsV1Api, body: dict[str, Any]) -> None:
@@ -160,7 +92,7 @@ def install_crd(ext: client.ApiextensionsV1Api, body: dict[str, Any]) -> None:
             c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
         )
 
-    wait_for(established, f"CRD {name} established")
+    wait_for(f"CRD {name} established", established, timeout=30)
 
 
 def simple_crd(group: str, plural: str, kind: str) -> dict[str, Any]:
@@ -266,7 +198,7 @@ class Cluster:
                 return cond
             return None
 
-        return wait_for(check, f"{name} {ctype}={status} ({reason})", timeout)
+        return wait_for(f"{name} {ctype}={status} ({reason})", check, timeout)
 
     def events(self, name: str) -> list[tuple[str, str, str]]:
         items = self.core.list_namespaced_event(
@@ -433,14 +365,16 @@ def least_privilege_kubeconfig(api: client.ApiClient, admin: Path, ns: str, out:
         return None
 
     admin_cfg = yaml.safe_load(admin.read_text())
-    admin_cfg["users"] = [{"name": "operator", "user": {"token": wait_for(token, "SA token")}}]
+    admin_cfg["users"] = [
+        {"name": "operator", "user": {"token": wait_for("SA token", token, timeout=30)}}
+    ]
     admin_cfg["contexts"][0]["context"]["user"] = "operator"
     out.write_text(yaml.safe_dump(admin_cfg))
     return out
 
 
 @pytest.fixture(scope="module")
-def env(kube, tmp_path_factory) -> Iterator[tuple[Cluster, OperatorProcess]]:
+def env(kube, tmp_path_factory) -> Iterator[tuple[Cluster, Operator]]:
     api = kube.api_client()
     ext = client.ApiextensionsV1Api(api)
     install_crd(ext, yaml.safe_load(CRD_FILE.read_text()))
@@ -451,20 +385,20 @@ def env(kube, tmp_path_factory) -> Iterator[tuple[Cluster, OperatorProcess]]:
     log_dir = tmp_path_factory.mktemp("operator-logs")
     kubeconfig = least_privilege_kubeconfig(api, kube.kubeconfig, ns, log_dir / "kubeconfig")
     cluster.operator_kubeconfig = kubeconfig  # type: ignore[attr-defined]
-    op = OperatorProcess(kubeconfig, ns, log_dir, "op-a")
-    extra: list[OperatorProcess] = []
+    op = Operator(kubeconfig, ns, log_dir, "op-a")
+    extra: list[Operator] = []
     cluster.extra_operators = extra  # type: ignore[attr-defined]
     nodes: list[str] = []
     cluster.nodes = nodes  # type: ignore[attr-defined]
     try:
-        wait_for(lambda: "leader" in op.readyz(), "operator leader and ready", timeout=60)
+        wait_for("operator leader and ready", lambda: "leader" in op.readyz(), timeout=60)
         yield cluster, op
     finally:
         tear_down(api, ns, [op, *extra], nodes)
 
 
 def tear_down(
-    api: client.ApiClient, ns: str, operators: list[OperatorProcess], nodes: Sequence[str] = ()
+    api: client.ApiClient, ns: str, operators: list[Operator], nodes: Sequence[str] = ()
 ) -> None:
     """Stop the operators (their log when one failed) and delete what the test created."""
     for proc in operators:
@@ -580,7 +514,7 @@ def test_create_builds_every_child(env):
         found = cluster.children("alpha")
         return found if set(found) >= EXPECTED_CHILDREN else None
 
-    children = wait_for(all_children, "all children of alpha")
+    children = wait_for("all children of alpha", all_children, timeout=30)
     assert set(children) == EXPECTED_CHILDREN
     cond = cluster.wait_condition("alpha", "Ready", "False", "NoPrefillNodes")
     assert cond["observedGeneration"] == 1
@@ -619,6 +553,7 @@ def test_status_follows_daemonset_and_deployment_status(env):
         cluster.create_node(name, f"{cluster.tag}-{role}")
         cluster.nodes.append(name)  # type: ignore[attr-defined]
     wait_for(
+        "DaemonSet controller placing agents on the test nodes",
         lambda: (
             cluster.daemonset("alpha-prefill-agent").get("status", {}).get("desiredNumberScheduled")
             == 1
@@ -627,11 +562,15 @@ def test_status_follows_daemonset_and_deployment_status(env):
             .get("desiredNumberScheduled")
             == 1
         ),
-        "DaemonSet controller placing agents on the test nodes",
+        timeout=30,
     )
     cluster.wait_condition("alpha", "Ready", "False", "AgentsNotReady")
     # Agents and controller start: the DaemonSet/Deployment controllers update their status.
-    wait_for(lambda: cluster.run_pods(node_for_unbound=cluster.nodes[0]) >= 3, "three pods to run")  # type: ignore[attr-defined]
+    wait_for(
+        "three pods to run",
+        lambda: cluster.run_pods(node_for_unbound=cluster.nodes[0]) >= 3,
+        timeout=30,
+    )  # type: ignore[attr-defined]
     cond = cluster.wait_condition("alpha", "Ready", "True", "AllComponentsReady")
     assert "prefill agents 1/1 ready" in cond["message"]
     status = cluster.get("alpha")["status"]
@@ -662,7 +601,7 @@ def test_spec_change_updates_children_and_rolls_agents(env):
         new = ds["spec"]["template"]["metadata"]["annotations"]["dualpath.io/config-hash"]
         return ds if new != old_hash else None
 
-    after = wait_for(rolled, "agents' pod template to change")
+    after = wait_for("agents' pod template to change", rolled, timeout=30)
     assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
     config = json.loads(
         cluster.core.read_namespaced_config_map("alpha-config", cluster.ns).data["dualpath.json"]
@@ -673,10 +612,11 @@ def test_spec_change_updates_children_and_rolls_agents(env):
     assert dep["spec"]["template"]["metadata"]["annotations"]["dualpath.io/config-hash"] != old_hash
     cr = cluster.get("alpha")
     wait_for(
+        "status of generation 2",
         lambda: (
             cluster.get("alpha")["status"]["observedGeneration"] == cr["metadata"]["generation"]
         ),
-        "status of generation 2",
+        timeout=30,
     )
     assert (
         cluster.get("alpha")["status"]["configHash"]
@@ -699,9 +639,13 @@ def test_network_policies_opt_out_and_back(env):
         return {item.metadata.name for item in items}
 
     cluster.patch_spec("alpha", {"networkPolicy": {"enabled": False}})
-    wait_for(lambda: not policies(), "NetworkPolicies to be pruned")
+    wait_for("NetworkPolicies to be pruned", lambda: not policies(), timeout=30)
     cluster.patch_spec("alpha", {"networkPolicy": {"enabled": True}})
-    wait_for(lambda: policies() == {"alpha-agents", "alpha-controller"}, "NetworkPolicies again")
+    wait_for(
+        "NetworkPolicies again",
+        lambda: policies() == {"alpha-agents", "alpha-controller"},
+        timeout=30,
+    )
 
 
 def test_deleted_or_edited_children_are_restored_without_fighting_others(env):
@@ -709,26 +653,29 @@ def test_deleted_or_edited_children_are_restored_without_fighting_others(env):
     uid = cluster.daemonset("alpha-decode-agent")["metadata"]["uid"]
     cluster.apps.delete_namespaced_daemon_set("alpha-decode-agent", cluster.ns)
     wait_for(
-        lambda: cluster.children("alpha").get("DaemonSet/alpha-decode-agent") not in (None, uid),
         "deleted DaemonSet to come back",
+        lambda: cluster.children("alpha").get("DaemonSet/alpha-decode-agent") not in (None, uid),
+        timeout=30,
     )
     good = cluster.core.read_namespaced_config_map("alpha-config", cluster.ns).data["dualpath.json"]
     cluster.core.patch_namespaced_config_map(
         "alpha-config", cluster.ns, {"data": {"dualpath.json": "edited"}}
     )
     wait_for(
+        "edited ConfigMap to be restored",
         lambda: (
             cluster.core.read_namespaced_config_map("alpha-config", cluster.ns).data[
                 "dualpath.json"
             ]
             == good
         ),
-        "edited ConfigMap to be restored",
+        timeout=30,
     )
     # Another writer renumbers a port: the key of the ports list-map changes under us.
     renumber = [{"op": "replace", "path": "/spec/ports/0/port", "value": 51051}]
     cluster.core.patch_namespaced_service("alpha-controller", cluster.ns, renumber)
     wait_for(
+        "edited Service ports to be restored",
         lambda: (
             sorted(
                 p.port
@@ -738,7 +685,7 @@ def test_deleted_or_edited_children_are_restored_without_fighting_others(env):
             )
             == [9100, 50051]
         ),
-        "edited Service ports to be restored",
+        timeout=30,
     )
     # A field the operator does not own (another manager's annotation) is left alone.
     cluster.apps.patch_namespaced_daemon_set(
@@ -845,10 +792,11 @@ def test_network_attachments_follow_the_multus_crd(env):
         # ServiceMonitor: created when asked (CRD present), pruned when no longer asked.
         cluster.patch_spec("beta", {"monitoring": {"serviceMonitor": True}})
         wait_for(
+            "ServiceMonitor beta",
             lambda: cluster.co.get_namespaced_custom_object(
                 "monitoring.coreos.com", "v1", cluster.ns, "servicemonitors", "beta"
             ),
-            "ServiceMonitor beta",
+            timeout=30,
         )
         cluster.patch_spec(
             "beta", {"monitoring": {"serviceMonitor": False}, "network": {"attachments": []}}
@@ -863,7 +811,7 @@ def test_network_attachments_follow_the_multus_crd(env):
             )
             return not sms["items"] and not nads["items"]
 
-        wait_for(pruned, "ServiceMonitor and NetworkAttachmentDefinition to be pruned")
+        wait_for("ServiceMonitor and NetworkAttachmentDefinition to be pruned", pruned, timeout=30)
         cluster.wait_condition("beta", "NetworkReady", "True", "NoAttachments")
         cluster.wait_condition("beta", "MonitoringReady", "True", "ServiceMonitorNotRequested")
     finally:
@@ -877,17 +825,13 @@ def test_deleting_the_cluster_garbage_collects_children(env):
     assert cluster.children("beta")
     cluster.co.delete_namespaced_custom_object(GROUP, VERSION, cluster.ns, PLURAL, "beta")
     wait_for(
-        lambda: not cluster.children("beta"), "children of beta to be garbage-collected", timeout=60
+        "children of beta to be garbage-collected", lambda: not cluster.children("beta"), timeout=60
     )
 
 
 def test_metrics_count_reconciles_and_nothing_loops(env):
     _, op = env
-    ok = op.metric("dualpath_operator_handler_calls_total", 'handler="reconcile"')
-    assert ok > 0
-    assert (
-        op.metric("dualpath_operator_handler_duration_seconds_count", 'handler="reconcile"') == ok
-    )
+    assert op.metric("dualpath_operator_handler_calls_total", 'handler="reconcile"') > 0
     assert op.metric("dualpath_operator_leader") == 1
 
     # Quiet world, quiet operator: no reconcile without a change (no hot loop). After an
@@ -901,29 +845,35 @@ def test_metrics_count_reconciles_and_nothing_loops(env):
         time.sleep(seconds)
         return before if calls() == before else None
 
-    settled = wait_for(lambda: quiet_for(2.5), "reconciles to stop", timeout=20)
+    settled = wait_for("reconciles to stop", lambda: quiet_for(2.5), timeout=20)
     time.sleep(2.0)
     assert calls() == settled
+    # Every call timed: compared once nothing reconciles (a call in flight is counted
+    # before its duration is observed).
+    timed = op.metric("dualpath_operator_handler_duration_seconds_count", 'handler="reconcile"')
+    assert timed == settled
     assert op.metric("dualpath_operator_throttled_total") == 0
 
 
 def test_a_standby_replica_takes_over_when_the_leader_stops(env, tmp_path):
     cluster, op = env
-    standby = OperatorProcess(cluster.operator_kubeconfig, cluster.ns, tmp_path, "op-b")  # type: ignore[attr-defined]
+    standby = Operator(cluster.operator_kubeconfig, cluster.ns, tmp_path, "op-b")  # type: ignore[attr-defined]
     cluster.extra_operators.append(standby)  # type: ignore[attr-defined]
     wait_for(
-        lambda: "standby (leader: op-a)" in standby.readyz(),
         "second replica on standby",
+        lambda: "standby (leader: op-a)" in standby.readyz(),
         timeout=60,
     )
     assert standby.metric("dualpath_operator_leader") == 0
     assert op.stop() == 0  # clean shutdown hands the lease over
     wait_for(
-        lambda: "leader" in standby.readyz() and "standby" not in standby.readyz(),
         "standby to lead",
+        lambda: "leader" in standby.readyz() and "standby" not in standby.readyz(),
+        timeout=30,
     )
     cluster.create("gamma")
     wait_for(
-        lambda: "DaemonSet/gamma-prefill-agent" in cluster.children("gamma"),
         "new leader reconciling",
+        lambda: "DaemonSet/gamma-prefill-agent" in cluster.children("gamma"),
+        timeout=30,
     )

@@ -34,20 +34,20 @@ from tests.integration.test_operator_cluster import (
     PLURAL,
     VERSION,
     Cluster,
-    OperatorProcess,
+    Operator,
     install_crd,
     least_privilege_kubeconfig,
     simple_crd,
     tear_down,
-    wait_for,
 )
+from tests.support.wait import wait_for
 
 ROLES = ("agent", "controller", "router", "engine")
 CM_GROUP = "cert-manager.io"
 
 
 @pytest.fixture(scope="module")
-def env(kube, tmp_path_factory) -> Iterator[tuple[Cluster, OperatorProcess]]:
+def env(kube, tmp_path_factory) -> Iterator[tuple[Cluster, Operator]]:
     api = kube.api_client()
     install_crd(client.ApiextensionsV1Api(api), yaml.safe_load(CRD_FILE.read_text()))
     ns = f"pki-{uuid.uuid4().hex[:6]}"
@@ -56,9 +56,9 @@ def env(kube, tmp_path_factory) -> Iterator[tuple[Cluster, OperatorProcess]]:
     cluster = Cluster(api, ns, tag=ns)
     log_dir = tmp_path_factory.mktemp("operator-pki-logs")
     kubeconfig = least_privilege_kubeconfig(api, kube.kubeconfig, ns, log_dir / "kubeconfig")
-    op = OperatorProcess(kubeconfig, ns, log_dir, "op-pki")
+    op = Operator(kubeconfig, ns, log_dir, "op-pki")
     try:
-        wait_for(lambda: "leader" in op.readyz(), "operator leader and ready", timeout=60)
+        wait_for("operator leader and ready", lambda: "leader" in op.readyz(), timeout=60)
         yield cluster, op
     finally:
         tear_down(api, ns, [op])
@@ -126,7 +126,9 @@ def b64(value: bytes) -> str:
 def test_operator_issues_a_ca_and_role_certificates_and_mounts_them(env):
     cluster, _ = env
     cluster.create("gamma")
-    found = wait_for(lambda: secrets_of(cluster, "gamma"), "CA and role Secrets of gamma")
+    found = wait_for(
+        "CA and role Secrets of gamma", lambda: secrets_of(cluster, "gamma"), timeout=30
+    )
     ca = found["gamma-ca"]
     assert ca["type"] == "Opaque" and sorted(data(ca)) == ["ca.crt", "ca.key"]
     ca_cert = data(ca)["ca.crt"]
@@ -149,13 +151,14 @@ def test_operator_issues_a_ca_and_role_certificates_and_mounts_them(env):
     assert ca["metadata"]["ownerReferences"][0]["uid"] == uid
 
     # The pods mount their role's Secret read-only and run with --tls-dir.
-    ds = wait_for(lambda: cluster.daemonset("gamma-prefill-agent"), "agent DaemonSet")
+    ds = wait_for("agent DaemonSet", lambda: cluster.daemonset("gamma-prefill-agent"), timeout=30)
     ds = ds["spec"]["template"]["spec"]
     dep = wait_for(
+        "controller Deployment",
         lambda: cluster.raw(
             cluster.apps.read_namespaced_deployment("gamma-controller", cluster.ns)
         ),
-        "controller Deployment",
+        timeout=30,
     )
     for pod, name in (
         (ds, "gamma-agent-tls"),
@@ -189,7 +192,7 @@ def test_a_near_expiry_or_deleted_certificate_is_reissued_without_rolling_pods(e
         current = data(secret(cluster, "gamma-agent-tls"))  # type: ignore[arg-type]
         return current["tls.crt"] if current["tls.crt"] != cert else None
 
-    fresh = wait_for(reissued, "the near-expiry agent certificate to be re-issued")
+    fresh = wait_for("the near-expiry agent certificate to be re-issued", reissued, timeout=30)
     left = pki.not_after(fresh) - dt.datetime.now(dt.UTC)
     assert dt.timedelta(days=29) < left <= dt.timedelta(days=30)
     assert data(secret(cluster, "gamma-ca"))["ca.crt"] == ca["ca.crt"]  # type: ignore[arg-type]
@@ -203,10 +206,13 @@ def test_a_near_expiry_or_deleted_certificate_is_reissued_without_rolling_pods(e
     )
     cluster.core.delete_namespaced_secret("gamma-engine-tls", cluster.ns)
     wait_for(
-        lambda: data(secret(cluster, "gamma-router-tls") or {}).get("tls.crt") not in (None, cert),
         "the expired router certificate to be re-issued",
+        lambda: data(secret(cluster, "gamma-router-tls") or {}).get("tls.crt") not in (None, cert),
+        timeout=30,
     )
-    engine = wait_for(lambda: secret(cluster, "gamma-engine-tls"), "the engine Secret to return")
+    engine = wait_for(
+        "the engine Secret to return", lambda: secret(cluster, "gamma-engine-tls"), timeout=30
+    )
     assert pki.identity_of(data(engine)["tls.crt"]) == pki.Identity(cluster.ns, "gamma", "engine")
     issued = "dualpath_operator_certificates_issued_total"
     assert op.metric(issued, 'cause="expiring",role="agent"') >= 1
@@ -246,17 +252,21 @@ def test_with_cert_manager_crds_issuers_and_certificates_are_created(env):
                 cluster.co.get_namespaced_custom_object(CM_GROUP, "v1", cluster.ns, plural, name)
             )
 
-        selfsigned = wait_for(lambda: get("issuers", "delta-selfsigned"), "self-signed Issuer")
+        selfsigned = wait_for(
+            "self-signed Issuer", lambda: get("issuers", "delta-selfsigned"), timeout=30
+        )
         assert selfsigned["spec"] == {"selfSigned": {}}
-        ca_issuer = wait_for(lambda: get("issuers", "delta-ca"), "CA Issuer")
+        ca_issuer = wait_for("CA Issuer", lambda: get("issuers", "delta-ca"), timeout=30)
         assert ca_issuer["spec"] == {"ca": {"secretName": "delta-issuer-ca"}}
-        ca_cert = wait_for(lambda: get("certificates", "delta-ca"), "CA Certificate")
+        ca_cert = wait_for("CA Certificate", lambda: get("certificates", "delta-ca"), timeout=30)
         assert ca_cert["spec"]["isCA"] is True
         assert ca_cert["spec"]["issuerRef"]["name"] == "delta-selfsigned"
         uid = cluster.get("delta")["metadata"]["uid"]
         for role in ROLES:
             cert = wait_for(
-                lambda r=role: get("certificates", f"delta-{r}-tls"), f"{role} Certificate"
+                f"{role} Certificate",
+                lambda r=role: get("certificates", f"delta-{r}-tls"),
+                timeout=30,
             )
             spec = cert["spec"]
             assert spec["secretName"] == f"delta-{role}-tls"
@@ -304,12 +314,13 @@ def test_with_cert_manager_crds_issuers_and_certificates_are_created(env):
                     return False
             return True
 
-        wait_for(adopted, "the Secrets cert-manager wrote to be adopted", timeout=40)
+        wait_for("the Secrets cert-manager wrote to be adopted", adopted, timeout=40)
 
         # An explicit operator issuer stands even with cert-manager installed.
         cluster.patch_spec("delta", {"security": {"mtls": {"issuer": "operator"}}})
         cluster.wait_condition("delta", "CertificatesReady", "True", "OperatorIssued", timeout=40)
         wait_for(
+            "delta's Certificates to be pruned",
             lambda: (
                 not cluster.co.list_namespaced_custom_object(
                     CM_GROUP,
@@ -319,9 +330,11 @@ def test_with_cert_manager_crds_issuers_and_certificates_are_created(env):
                     label_selector="dualpath.io/cluster=delta",
                 )["items"]
             ),
-            "delta's Certificates to be pruned",
+            timeout=30,
         )
-        operator_ca = data(wait_for(lambda: secret(cluster, "delta-ca"), "delta's operator CA"))
+        operator_ca = data(
+            wait_for("delta's operator CA", lambda: secret(cluster, "delta-ca"), timeout=30)
+        )
         agent = data(secret(cluster, "delta-agent-tls"))  # type: ignore[arg-type]
         x509.load_pem_x509_certificate(agent["tls.crt"]).verify_directly_issued_by(
             x509.load_pem_x509_certificate(operator_ca["ca.crt"])
@@ -343,4 +356,4 @@ def test_deleting_the_cluster_removes_its_ca_and_certificates(env):
             s.metadata.name for s in items if s.metadata.name.startswith(("gamma-", "delta-"))
         ]
 
-    wait_for(gone, "the CA and role Secrets to be garbage-collected", timeout=60)
+    wait_for("the CA and role Secrets to be garbage-collected", gone, timeout=60)

@@ -34,8 +34,9 @@ from dualpath_vllm.params import DualPathParams, Role
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.certs import write_tls_secret
-from tests.support.localcluster import free_port, wait_for
+from tests.support.metrics import sample_value
 from tests.support.recording_engine import RecordingEngine
+from tests.support.wait import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -60,14 +61,14 @@ class Stack:
     def finished(self, outcome: str) -> float:
         """The controller's count of requests released as `outcome` (completed/cancelled)."""
         text = httpx.get(f"http://127.0.0.1:{self.controller.metrics_port}/metrics").text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if (
-                    sample.name == "dualpath_controller_requests_finished_total"
-                    and sample.labels.get("outcome") == outcome
-                ):
-                    return sample.value
-        return 0.0
+        return sample_value(
+            text, "dualpath_controller_requests_finished_total", {"outcome": outcome}
+        )
+
+    def progress(self, signal: str) -> float:
+        """The controller's count of progress signals (read_done, prefill_done) applied."""
+        text = httpx.get(f"http://127.0.0.1:{self.controller.metrics_port}/metrics").text
+        return sample_value(text, "dualpath_controller_request_progress_total", {"signal": signal})
 
     def wait_released(self, outcome: str, before: float) -> None:
         """Nothing booked any more, and one more request released as `outcome`."""
@@ -217,6 +218,7 @@ def test_token_ids_completion_prefill_then_decode_with_kv_transfer_params(stack,
     chain = block_chain(prompt, BLOCK, parent=root_hash(NAMESPACE))
     agents[0].client().seed_synthetic(chain[:3], LAYOUT)  # 3 of its 4 full blocks are stored
     completed = stack.finished("completed")
+    prefills_done = stack.progress("prefill_done")
     body = {"model": "tiny", "prompt": prompt, "max_tokens": 5, "temperature": 0, "seed": 7}
 
     response = httpx.post(f"{stack.router.url}/v1/completions", json=body)
@@ -262,6 +264,8 @@ def test_token_ids_completion_prefill_then_decode_with_kv_transfer_params(stack,
     assert response.content == decode_call.sent  # the decode engine's answer, unchanged
     assert (route["prefill-engine"], route["decode-engine"]) == ("prefill-0", "decode-0")
     stack.wait_released("completed", completed)
+    # The prefill engine's answer was signalled (read and prefill done) before Complete.
+    assert stack.progress("prefill_done") == prefills_done + 1
 
 
 def test_streamed_chat_is_tokenized_then_relayed_byte_for_byte(stack):

@@ -28,8 +28,8 @@ from dualpath_vllm.process import EngineProcess, EngineSpec, start_engines, stop
 from dualpath_vllm.reference import Completion, compare_runs, greedy_completion
 
 from tests.support.engines import tiny_model
-from tests.support.localcluster import wait_for
 from tests.support.localkube import free_port
+from tests.support.wait import wait_for
 
 BLOCK = 64
 TOKENS_OUT = 12

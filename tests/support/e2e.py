@@ -29,12 +29,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 KIND_CONFIG = REPO / "tests" / "e2e" / "kind-config.yaml"
 ROLE_LABEL = "dualpath.io/role"
-T = TypeVar("T")
 
 
 class ProviderUnavailable(Exception):
@@ -99,21 +98,21 @@ def local_provider() -> Iterator[E2EEnv]:
             "the local provider needs root (bridges, iptables, containerd, kubelet); "
             "run as root or choose DUALPATH_E2E_PROVIDER=kind|existing"
         )
-    from tests.support import localcluster
+    from tests.support import cluster_host, localcluster
 
     t0 = time.monotonic()
     _run_script("e2e-deps.sh")  # Debian packages + the five Kubernetes binaries (cached)
     t_deps = time.monotonic()
     images = json.loads(_run_script("image-build.sh"))
     t_img = time.monotonic()
-    problems = localcluster.missing_prerequisites()
+    problems = cluster_host.missing_prerequisites()
     if problems:
         raise ProviderUnavailable("; ".join(problems))
     with localcluster.local_cluster(Path(images["pause"]["archive"])) as cluster:
         t_up = time.monotonic()
         cluster.load_image(Path(images["dualpath"]["archive"]))
         t_load = time.monotonic()
-        localcluster.log(
+        cluster_host.log(
             f"setup: deps {t_deps - t0:.1f}s, image {t_img - t_deps:.1f}s, "
             f"cluster {t_up - t_img:.1f}s, image import {t_load - t_up:.1f}s"
         )
@@ -203,39 +202,7 @@ def existing_provider() -> Iterator[E2EEnv]:
     )
 
 
-# --- waiting and reporting ---------------------------------------------------------------
-
-
-def wait_until(
-    what: str,
-    probe: Callable[[], T | None],
-    timeout: float,
-    interval: float = 1.0,
-    explain: Callable[[], str] | None = None,
-) -> T:
-    """Poll `probe` until it returns something truthy; on timeout, fail with `what`, the last
-    error and `explain()` (e.g. the pods' states and events). An AssertionError from the
-    probe is final (the probe saw a definite failure) and fails at once, with `explain()`."""
-    deadline = time.monotonic() + timeout
-    last_error = ""
-    while True:
-        try:
-            value = probe()
-            if value:
-                return value
-        except AssertionError as exc:
-            detail = explain() if explain else ""
-            raise AssertionError(f"{what}: {exc}" + (f"\n{detail}" if detail else "")) from exc
-        except Exception as exc:
-            last_error = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() > deadline:
-            detail = explain() if explain else ""
-            raise AssertionError(
-                f"timed out after {timeout:.0f}s waiting for {what}"
-                + (f" (last error: {last_error})" if last_error else "")
-                + (f"\n{detail}" if detail else "")
-            )
-        time.sleep(interval)
+# --- reporting ---------------------------------------------------------------------------------
 
 
 def describe_namespace(api_client: Any, namespace: str, log_lines: int = 15) -> str:

@@ -18,20 +18,22 @@ earlier run (stale bridges and chains are removed first).
 Needs root and the packages of hack/e2e-deps.sh. By hand:
 `sudo .venv/bin/python -m tests.support.localcluster` prints `export KUBECONFIG=...`; Ctrl-C
 stops it.
+
+This module is the orchestration (start, stop, the DNS updater); the pure config renderers
+are in cluster_config.py and the host plumbing (processes, network, cgroups, mounts) in
+cluster_host.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import ipaddress
 import itertools
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -43,538 +45,63 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from tests.support.cluster_config import (
+    CLUSTER_DOMAIN,
+    PAUSE_REF,
+    POD_CIDR,
+    ROLE_LABEL,
+    SERVICE_CIDR,
+    NodePlan,
+    archive_reference,
+    cni_conflist,
+    containerd_config,
+    default_nodes,
+    dns_address,
+    dns_hosts,
+    kubeconfig_text,
+    kubelet_config,
+    node_images,
+)
+from tests.support.cluster_host import (
+    NODE_PRIVATE_DIRS,
+    ClusterError,
+    Processes,
+    check_subnets_free,
+    create_bridge,
+    delete_bridge,
+    install_forward_chain,
+    k8s_bin_dir,
+    kill_mount_namespace,
+    kill_recorded,
+    log,
+    missing_prerequisites,
+    mount_namespace,
+    owned_chains,
+    prepare_cgroup_root,
+    read_sysctl,
+    remove_cgroup_tree,
+    remove_chains,
+    remove_forward_chain,
+    run,
+    write_sysctl,
+)
+from tests.support.interrupts import stop_on_signals
+from tests.support.wait import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK_FILE = Path("/tmp/dualpath-localcluster.lock")
 # What the running cluster started (pids with start times, mount namespaces, workdir), so a
 # run that was killed hard is cleaned up by the next one, still by pid.
 STATE_FILE = Path("/tmp/dualpath-localcluster.state.json")
-K8S_WHAT = "kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy"
-POD_CIDR = "10.244.0.0/16"
-SERVICE_CIDR = "10.96.0.0/16"
-CLUSTER_DOMAIN = "cluster.local"
-BRIDGE_PREFIX = "dpnode"  # bridges dpnode0, dpnode1: names of this harness only
-FORWARD_CHAIN = "DUALPATH-E2E-FWD"
-PAUSE_REF = "docker.io/dualpath/pause:1"
 # Each node's containerd root (unpacked images) is kept here between runs, so a rerun only
 # imports the layers that changed; DUALPATH_E2E_NODE_CACHE="" keeps it in the run's dir.
 NODE_CACHE = Path(
     os.environ.get("DUALPATH_E2E_NODE_CACHE", Path.home() / ".cache" / "dualpath" / "e2e-nodes")
 )
-ROLE_LABEL = "dualpath.io/role"
-CNI_BIN_DIR = "/usr/lib/cni"
 # Host settings the cluster needs (kube-proxy sets route_localnet itself); restored on stop.
 SYSCTLS = {"net/ipv4/ip_forward": "1"}
 RESTORED_SYSCTLS = ("net/ipv4/ip_forward", "net/ipv4/conf/all/route_localnet")
-
-
-class ClusterError(RuntimeError):
-    """The local cluster could not start; the message names the failing part."""
-
-
-def log(msg: str) -> None:
-    print(f"[localcluster] {msg}", file=sys.stderr, flush=True)
-
-
-def run(argv: list[str], check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, check=check, text=True, capture_output=True, **kw)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def k8s_bin_dir() -> Path:
-    """The five server binaries (built once, cached by hack/k8s-binaries.sh)."""
-    env = dict(os.environ, DUALPATH_K8S_WHAT=K8S_WHAT)
-    out = subprocess.run(
-        ["bash", str(REPO / "hack" / "k8s-binaries.sh")],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
-def missing_prerequisites() -> list[str]:
-    """Why this machine cannot run the local cluster (empty: it can)."""
-    problems = []
-    if os.geteuid() != 0:
-        problems.append("needs root (bridges, iptables, containerd, kubelet)")
-    for tool in ("containerd", "runc", "ctr", "dnsmasq", "iptables", "ip", "etcd"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            problems.append(f"missing {tool} (run hack/e2e-deps.sh)")
-    if not Path(CNI_BIN_DIR, "bridge").exists():
-        problems.append(f"missing CNI plugins in {CNI_BIN_DIR} (run hack/e2e-deps.sh)")
-    if not Path("/sys/fs/cgroup/memory").is_dir():
-        problems.append("kubelet 1.20 needs cgroup v1 hierarchies (/sys/fs/cgroup/memory)")
-    return problems
-
-
-# --- the pure parts: addresses and config files ------------------------------------------
-
-
-@dataclass(frozen=True)
-class NodePlan:
-    """One node's names and addresses (pure data, derived from its index)."""
-
-    index: int
-    role: str
-
-    @property
-    def name(self) -> str:
-        return f"dp-{self.role}-{self.index}"
-
-    @property
-    def bridge(self) -> str:
-        return f"{BRIDGE_PREFIX}{self.index}"
-
-    @property
-    def subnet(self) -> ipaddress.IPv4Network:
-        return list(ipaddress.ip_network(POD_CIDR).subnets(new_prefix=24))[self.index]
-
-    @property
-    def gateway(self) -> str:
-        """The bridge's address: the node's InternalIP and the pods' default gateway."""
-        return str(self.subnet.network_address + 1)
-
-    @property
-    def cgroup_root(self) -> str:
-        return f"/dualpath-{self.name}"
-
-
-def default_nodes() -> list[NodePlan]:
-    return [NodePlan(0, "prefill"), NodePlan(1, "decode")]
-
-
-def dns_address(nodes: list[NodePlan]) -> str:
-    return nodes[0].gateway
-
-
-def containerd_config(node: NodePlan, wd: Path, root: Path | None = None) -> str:
-    """containerd config (version 2) with its own root/state/socket and CNI conf dir.
-    The unprivileged-port/icmp, OOM and AppArmor settings avoid runc's "can't get final
-    child's PID from pipe" on this kind of machine (see local-cluster.md). `root` (images,
-    snapshots) may live in a cache that outlives the cluster; the rest is per run."""
-    return f"""version = 2
-root = "{root or wd / "root"}"
-state = "{wd / "state"}"
-oom_score = 0
-[grpc]
-  address = "{wd / "containerd.sock"}"
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{wd / "opt"}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_REF}"
-  enable_unprivileged_ports = false
-  enable_unprivileged_icmp = false
-  restrict_oom_score_adj = true
-  disable_apparmor = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{CNI_BIN_DIR}"
-    conf_dir = "{wd / "cni"}"
-    max_conf_num = 1
-"""
-
-
-def cni_conflist(node: NodePlan, ipam_dir: Path) -> dict[str, Any]:
-    """Bridge + host-local (one /24 per node) + portmap. No ipMasq: pods have no way out
-    of the machine, only to each other, the nodes and the cluster's services."""
-    return {
-        "cniVersion": "0.4.0",
-        "name": f"dualpath-{node.name}",
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": node.bridge,
-                "isGateway": True,
-                "ipMasq": False,
-                "hairpinMode": True,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": str(node.subnet), "gateway": node.gateway}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": str(ipam_dir),
-                },
-            },
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    }
-
-
-def kubelet_config(node: NodePlan, healthz_port: int, dns: str, resolv_conf: Path) -> str:
-    """KubeletConfiguration: serving on the node's bridge address, its own cgroup root,
-    anonymous + AlwaysAllow (a test node), and no image GC or eviction that could drop
-    the imported images (there is no registry to pull them back from)."""
-    cfg = {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        "address": node.gateway,
-        "port": 10250,
-        "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1",
-        "healthzPort": healthz_port,
-        "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
-        "authorization": {"mode": "AlwaysAllow"},
-        "cgroupDriver": "cgroupfs",
-        "cgroupRoot": node.cgroup_root,
-        "failSwapOn": False,
-        "clusterDNS": [dns],
-        "clusterDomain": CLUSTER_DOMAIN,
-        "resolvConf": str(resolv_conf),
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        "evictionHard": {
-            "memory.available": "50Mi",
-            "nodefs.available": "1%",
-            "imagefs.available": "1%",
-        },
-        "serializeImagePulls": False,
-        "maxPods": 40,
-        "syncFrequency": "10s",
-        "fileCheckFrequency": "10s",
-        "nodeStatusUpdateFrequency": "5s",
-    }
-    return json.dumps(cfg, indent=2)
-
-
-def kubeconfig_text(server: str, token: str, ca_file: Path) -> str:
-    return f"""apiVersion: v1
-kind: Config
-clusters:
-- name: dualpath-local
-  cluster:
-    server: {server}
-    certificate-authority: {ca_file}
-users:
-- name: admin
-  user:
-    token: {token}
-contexts:
-- name: dualpath-local
-  context: {{cluster: dualpath-local, user: admin}}
-current-context: dualpath-local
-"""
-
-
-def dns_hosts(services: list[dict[str, Any]], endpoints: list[dict[str, Any]]) -> str:
-    """The dnsmasq hosts file: `<ip> <svc>.<ns>.svc.<domain>` for each Service with a
-    ClusterIP, and each ready endpoint address for headless Services."""
-    lines = []
-    headless = set()
-    for svc in services:
-        meta, spec = svc["metadata"], svc.get("spec", {})
-        fqdn = f"{meta['name']}.{meta['namespace']}.svc.{CLUSTER_DOMAIN}"
-        ip = spec.get("clusterIP")
-        if ip and ip != "None":
-            lines.append(f"{ip} {fqdn}")
-        elif ip == "None":
-            headless.add((meta["namespace"], meta["name"]))
-    for ep in endpoints:
-        meta = ep["metadata"]
-        if (meta["namespace"], meta["name"]) not in headless:
-            continue
-        fqdn = f"{meta['name']}.{meta['namespace']}.svc.{CLUSTER_DOMAIN}"
-        for subset in ep.get("subsets") or []:
-            for addr in subset.get("addresses") or []:
-                lines.append(f"{addr['ip']} {fqdn}")
-                if addr.get("hostname"):
-                    lines.append(f"{addr['ip']} {addr['hostname']}.{fqdn}")
-    return "\n".join(sorted(lines)) + "\n"
-
-
-def archive_reference(archive: Path) -> tuple[str, str]:
-    """(image reference, manifest digest) of a single-image OCI archive."""
-    import tarfile
-
-    with tarfile.open(archive) as tar:
-        member = tar.extractfile("index.json")
-        assert member is not None, f"{archive}: no index.json"
-        index = json.load(member)
-    manifest = index["manifests"][0]
-    return manifest["annotations"]["org.opencontainers.image.ref.name"], manifest["digest"]
-
-
-def node_images(ctr_images_ls: str) -> dict[str, str]:
-    """{reference: digest} from `ctr images ls` output (REF TYPE DIGEST ...)."""
-    images = {}
-    for line in ctr_images_ls.splitlines()[1:]:
-        parts = line.split()
-        if len(parts) >= 3 and parts[2].startswith("sha256:"):
-            images[parts[0]] = parts[2]
-    return images
-
-
-# --- processes ---------------------------------------------------------------------------
-
-
-@dataclass
-class Processes:
-    """Child processes by name, each in its own session, stopped by pid in reverse order."""
-
-    log_dir: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        log_file = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (owned by the child)
-        self.procs[name] = subprocess.Popen(
-            argv,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
-        log_file.close()
-
-    def records(self) -> list[dict[str, Any]]:
-        return [
-            {"pid": p.pid, "start": process_start_time(p.pid)}
-            for p in self.procs.values()
-            if p.poll() is None
-        ]
-
-    def check_alive(self) -> None:
-        for name, p in self.procs.items():
-            if p.poll() is not None:
-                raise ClusterError(f"{name} exited with {p.returncode}:\n{self.tail(name)}")
-
-    def tail(self, name: str, lines: int = 25) -> str:
-        path = self.log_dir / f"{name}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, names: list[str] | None = None, timeout: float = 15.0) -> None:
-        chosen = [n for n in reversed(list(self.procs)) if names is None or n in names]
-        for name in chosen:
-            p = self.procs[name]
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for name in chosen:
-            p = self.procs.pop(name)
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log(f"{name} ignored SIGTERM for {timeout:.0f}s: killing it")
-                p.kill()
-                p.wait()
-
-
-def process_start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot ('' when gone): with the pid, it
-    identifies a process even after its pid was reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def kill_recorded(records: list[dict[str, Any]]) -> None:
-    for rec in records:
-        pid = int(rec["pid"])
-        if rec.get("start") and process_start_time(pid) == rec["start"]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def wait_for(
-    what: str, check: Callable[[], bool], timeout: float, alive: Callable[[], None]
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive()
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        time.sleep(0.3)
-    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-# --- host network: bridges, forwarding rule, sysctls -------------------------------------
-
-
-def read_sysctl(name: str) -> str:
-    return Path("/proc/sys", name).read_text().strip()
-
-
-def write_sysctl(name: str, value: str) -> None:
-    Path("/proc/sys", name).write_text(value)
-
-
-def iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run(["iptables", "-w", "30", *args], check=check)
-
-
-def remove_forward_chain() -> None:
-    while iptables("-D", "FORWARD", "-j", FORWARD_CHAIN, check=False).returncode == 0:
-        pass
-    iptables("-F", FORWARD_CHAIN, check=False)
-    iptables("-X", FORWARD_CHAIN, check=False)
-
-
-def install_forward_chain() -> None:
-    """Pod traffic may go from one of our bridges to another, never out of the machine."""
-    remove_forward_chain()
-    iptables("-N", FORWARD_CHAIN)
-    iptables(
-        "-A", FORWARD_CHAIN, "-i", f"{BRIDGE_PREFIX}+", "-o", f"{BRIDGE_PREFIX}+", "-j", "ACCEPT"
-    )
-    iptables("-A", FORWARD_CHAIN, "-i", f"{BRIDGE_PREFIX}+", "-j", "DROP")
-    iptables("-A", FORWARD_CHAIN, "-o", f"{BRIDGE_PREFIX}+", "-m", "conntrack", "--ctstate",
-             "RELATED,ESTABLISHED", "-j", "ACCEPT")  # fmt: skip
-    iptables("-A", FORWARD_CHAIN, "-o", f"{BRIDGE_PREFIX}+", "-s", POD_CIDR, "-j", "ACCEPT")
-    iptables("-A", FORWARD_CHAIN, "-o", f"{BRIDGE_PREFIX}+", "-j", "DROP")
-    iptables("-I", "FORWARD", "1", "-j", FORWARD_CHAIN)
-
-
-IPTABLES_TABLES = ("filter", "nat", "mangle")
-# Chains kubelet, kube-proxy and the CNI plugins create; removed on stop unless they were
-# on the machine before this cluster started.
-OWNED_CHAIN_PREFIXES = ("KUBE-", "CNI-")
-
-
-def owned_chains() -> set[tuple[str, str]]:
-    """(table, chain) of every Kubernetes/CNI chain now present."""
-    found = set()
-    for table in IPTABLES_TABLES:
-        for line in iptables("-t", table, "-S", check=False).stdout.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == "-N" and parts[1].startswith(OWNED_CHAIN_PREFIXES):
-                found.add((table, parts[1]))
-    return found
-
-
-def remove_chains(chains: set[tuple[str, str]]) -> None:
-    """Delete the rules that jump to `chains` (in any chain), then the chains themselves."""
-    for table in IPTABLES_TABLES:
-        mine = {c for t, c in chains if t == table}
-        if not mine:
-            continue
-        for line in iptables("-t", table, "-S", check=False).stdout.splitlines():
-            parts = line.split()
-            if parts[:1] == ["-A"] and "-j" in parts and parts[parts.index("-j") + 1] in mine:
-                iptables("-t", table, "-D", *parts[1:], check=False)
-        for chain in mine:
-            iptables("-t", table, "-F", chain, check=False)
-        for chain in mine:
-            iptables("-t", table, "-X", chain, check=False)
-
-
-def delete_bridge(name: str) -> None:
-    run(["ip", "link", "delete", name, "type", "bridge"], check=False)
-
-
-def create_bridge(node: NodePlan) -> None:
-    delete_bridge(node.bridge)  # a stale one from a crashed run
-    run(["ip", "link", "add", "name", node.bridge, "type", "bridge"])
-    run(["ip", "addr", "add", f"{node.gateway}/{node.subnet.prefixlen}", "dev", node.bridge])
-    run(["ip", "link", "set", node.bridge, "up"])
-
-
-def check_subnets_free(nodes: list[NodePlan]) -> None:
-    """Refuse to start when the machine already routes our pod or service ranges."""
-    routes = run(["ip", "-4", "route", "show"]).stdout.splitlines()
-    ours = [ipaddress.ip_network(POD_CIDR), ipaddress.ip_network(SERVICE_CIDR)]
-    bridges = {n.bridge for n in nodes}
-    for line in routes:
-        parts = line.split()
-        if not parts or parts[0] == "default":
-            continue
-        dev = parts[parts.index("dev") + 1] if "dev" in parts else ""
-        if dev in bridges:
-            continue
-        with contextlib.suppress(ValueError):
-            net = ipaddress.ip_network(parts[0], strict=False)
-            for mine in ours:
-                if net.overlaps(mine):
-                    raise ClusterError(f"route {line!r} overlaps {mine}: pick other ranges")
-
-
-# --- cgroups and mounts ------------------------------------------------------------------
-
-
-def cgroup_hierarchies() -> list[Path]:
-    base = Path("/sys/fs/cgroup")
-    return [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]
-
-
-def prepare_cgroup_root(root: str) -> None:
-    """kubelet wants its --cgroup-root to exist in every hierarchy; cpuset needs its cpus
-    and mems copied from the parent or no task can join it."""
-    for h in cgroup_hierarchies():
-        d = h / root.lstrip("/")
-        d.mkdir(exist_ok=True)
-        if h.name == "cpuset":
-            for f in ("cpuset.cpus", "cpuset.mems"):
-                (d / f).write_text((h / f).read_text())
-
-
-def remove_cgroup_tree(root: str) -> None:
-    for h in cgroup_hierarchies():
-        top = h / root.lstrip("/")
-        if not top.exists():
-            continue
-        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-        for d in [*dirs, top]:
-            with contextlib.suppress(OSError):
-                d.rmdir()
-
-
-# Host paths every kubelet/containerd uses whatever its flags say (kubelet's pod logs, the
-# container-log symlinks, runc's state, CNI's network namespaces). Each node gets its own
-# copy, bind-mounted in the node's private mount namespace, so the two nodes never see (or
-# garbage-collect) each other's files and nothing lands in the machine's own directories.
-NODE_PRIVATE_DIRS = ("/var/log/pods", "/var/log/containers", "/run/containerd", "/run/netns")
-
-
-def mount_namespace(pid: int) -> str:
-    return os.readlink(f"/proc/{pid}/ns/mnt")
-
-
-def pids_in_mount_namespace(ns: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if os.readlink(entry / "ns" / "mnt") == ns:
-                    pids.append(int(entry.name))
-    return pids
-
-
-def kill_mount_namespace(ns: str, timeout: float = 15.0) -> None:
-    """SIGKILL every process in a node's private mount namespace (the node's containerd,
-    shims and containers: all started by this harness) until none is left. The namespace,
-    its mounts and the pods' network namespaces disappear with the last one."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = [p for p in pids_in_mount_namespace(ns) if p != os.getpid()]
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
-    log(f"processes left in mount namespace {ns}: {pids_in_mount_namespace(ns)}")
 
 
 # --- cluster DNS -------------------------------------------------------------------------
@@ -1018,13 +545,16 @@ def local_cluster(pause_archive: Path, workdir: Path | None = None) -> Iterator[
         tmp = tempfile.mkdtemp(prefix="dualpath-cluster-")
         workdir = Path(tmp)
     cluster = LocalCluster(workdir=workdir, bin_dir=k8s_bin_dir(), pause_archive=pause_archive)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        if tmp and not os.environ.get("DUALPATH_KEEP_CLUSTER_DIR"):
-            shutil.rmtree(tmp, ignore_errors=True)
+    # SIGINT/SIGTERM (also to a pytest running the e2e suite) unwind through `stop`; a
+    # second one while stopping is ignored so the host is always put back.
+    with stop_on_signals():
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()
+            if tmp and not os.environ.get("DUALPATH_KEEP_CLUSTER_DIR"):
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_images() -> dict[str, dict[str, str]]:
@@ -1039,22 +569,18 @@ def build_images() -> dict[str, dict[str, str]]:
     return images
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def main() -> int:
+    imgs = build_images()
+    try:
+        with local_cluster(Path(imgs["pause"]["archive"])) as c:
+            c.load_image(Path(imgs["dualpath"]["archive"]))
+            print(f"export KUBECONFIG={c.kubeconfig}", flush=True)
+            print(f"# image: {imgs['dualpath']['ref']}", flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":
-    # Stop cleanly on SIGTERM too (and on SIGINT even when started in the background,
-    # where the shell made the process ignore it).
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    imgs = build_images()
-    with local_cluster(Path(imgs["pause"]["archive"])) as c:
-        c.load_image(Path(imgs["dualpath"]["archive"]))
-        print(f"export KUBECONFIG={c.kubeconfig}", flush=True)
-        print(f"# image: {imgs['dualpath']['ref']}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    sys.exit(main())

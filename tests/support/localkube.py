@@ -5,33 +5,42 @@ on free loopback ports, state in a temp dir, every process stopped by its pid. R
 pitfalls: ../shared/notes/local-cluster.md.
 
 Run by hand: `python -m tests.support.localkube` starts one and prints the kubeconfig
-path; Ctrl-C stops it.
+path; Ctrl-C (SIGINT) or SIGTERM stops it and every child, also when it was started in the
+background (where the shell starts it with SIGINT ignored). Each child also gets SIGTERM
+from the kernel if this process dies without cleaning up (SIGKILL): PR_SET_PDEATHSIG.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.interrupts import stop_on_signals
+from tests.support.wait import free_port
+
 REPO = Path(__file__).resolve().parents[2]
+PR_SET_PDEATHSIG = 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGTERM when the parent dies. The
+    children run in their own session (a Ctrl-C on the terminal reaches only us, and we
+    stop them in order), so without this a SIGKILLed parent would leave them running."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def k8s_bin_dir() -> Path:
@@ -64,9 +73,16 @@ class LocalControlPlane:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (owned by the process)
-        self.procs[name] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        try:
+            self.procs[name] = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()  # the child holds its own copy
 
     def start(self, timeout: float = 90.0) -> LocalControlPlane:
         wd = self.workdir
@@ -184,6 +200,9 @@ current-context: local
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self.procs.items()}
+
     def stop(self) -> None:
         # Reverse start order: controllers first, etcd last.
         for _name, p in reversed(list(self.procs.items())):
@@ -199,26 +218,35 @@ current-context: local
 
 
 @contextlib.contextmanager
-def local_control_plane(workdir: Path | None = None):  # type: ignore[no-untyped-def]
+def local_control_plane(workdir: Path | None = None) -> Iterator[LocalControlPlane]:
     tmp = None
     if workdir is None:
         tmp = tempfile.mkdtemp(prefix="dualpath-kube-")
         workdir = Path(tmp)
     cp = LocalControlPlane(workdir=workdir, bin_dir=k8s_bin_dir())
+    # A signal during start (a child spawned, the API server not ready yet) also stops
+    # what was started: the handlers are in place before the first spawn.
+    with stop_on_signals():
+        try:
+            cp.start()
+            yield cp
+        finally:
+            cp.stop()
+            if tmp and not os.environ.get("DUALPATH_KEEP_KUBE_DIR"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
     try:
-        cp.start()
-        yield cp
-    finally:
-        cp.stop()
-        if tmp and not os.environ.get("DUALPATH_KEEP_KUBE_DIR"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        with local_control_plane() as cp:
+            print(f"export KUBECONFIG={cp.kubeconfig}", flush=True)
+            # For scripts and tests: which processes and directory are ours to check.
+            print("# " + json.dumps({"workdir": str(cp.workdir), "pids": cp.pids()}), flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":
-    with local_control_plane() as cp:
-        print(f"export KUBECONFIG={cp.kubeconfig}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            sys.exit(0)
+    sys.exit(main())

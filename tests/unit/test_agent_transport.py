@@ -231,11 +231,11 @@ def test_notification_box_wakes_waiters():
 
 
 def test_serve_groups_split_blocks_by_bytes():
-    from dualpath_agent.service import _groups
+    from dualpath_agent.serve import groups_of
 
-    assert _groups([10, 10, 10, 10, 10], 25) == [[0, 1], [2, 3], [4]]
-    assert _groups([40, 10], 25) == [[0], [1]]  # a block bigger than a group is a group
-    assert _groups([10, 10, 10], 0) == [[0, 1, 2]]  # 0 = everything in one group
+    assert groups_of([10, 10, 10, 10, 10], 25) == [[0, 1], [2, 3], [4]]
+    assert groups_of([40, 10], 25) == [[0], [1]]  # a block bigger than a group is a group
+    assert groups_of([10, 10, 10], 0) == [[0, 1, 2]]  # 0 = everything in one group
 
 
 def test_notification_box_polls_for_all_waiters():
@@ -262,3 +262,25 @@ def test_notification_box_polls_for_all_waiters():
     assert sorted(got) == [b"t:1", b"t:2"] and box.waiting == 0
     with pytest.raises(TransferError, match="no notification"):
         box.wait("peer", b"t:3", 0.1, None)
+
+
+def test_cleanup_failures_are_logged_not_raised(caplog):
+    from dualpath_agent.transport import release_logged
+    from dualpath_agent.transport.base import PendingTransfer, settle
+
+    def broken() -> None:
+        raise RuntimeError("deregister failed")
+
+    class Stuck(PendingTransfer):
+        def wait(self, timeout_s, cancelled):
+            raise TransferError("timed out")
+
+    with caplog.at_level("WARNING", logger="dualpath_agent.transport.base"):
+        release_logged(broken, "NIXL registration")
+        settle([Stuck(), Stuck()], 0.1, "serve-layers write")
+    failures = [r for r in caplog.records if r.getMessage() == "release failed"]
+    assert [(r.what, r.error) for r in failures] == [
+        ("NIXL registration", "deregister failed"),
+        ("serve-layers write", "timed out"),
+        ("serve-layers write", "timed out"),
+    ]

@@ -52,3 +52,11 @@ def test_recovery_without_a_dip_is_zero_and_without_a_comeback_is_none():
     assert recovery(stalled, event_s=10.0, wall_s=20.0).recovery_s is None
     # An event too late for any full window after it: nothing to measure.
     assert recovery(steady, event_s=19.5, wall_s=20.0).recovery_s is None
+
+
+def test_an_events_dip_is_measured_until_the_next_event():
+    # Steady 4 turns/s except a stall at 12-14 s, caused by a second event at 12 s.
+    completions = [t / 4 for t in range(80) if not 12 <= t / 4 < 14]
+    first = recovery(completions, event_s=5.0, wall_s=20.0, until_s=12.0)
+    assert first.recovery_s == 0.0 and first.dip_turns_per_s > 3
+    assert recovery(completions, event_s=5.0, wall_s=20.0).dip_turns_per_s == 0.0

@@ -1,5 +1,5 @@
 """The local e2e cluster's pure parts: node addressing, containerd/CNI/kubelet configs and
-the cluster-DNS hosts file (tests/support/localcluster.py). The cluster itself runs in the
+the cluster-DNS hosts file (tests/support/cluster_config.py). The cluster itself runs in the
 e2e tier."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import localcluster as lc
+from tests.support import cluster_config as lc
 
 
 def test_nodes_get_disjoint_subnets_on_their_own_bridges() -> None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
-import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
 from dualpath_common import tls
+from dualpath_common.child import write_ready_file
 from dualpath_common.logs import configure_logging
 
 from dualpath_controller.policy import describe_policies, get_policy, parse_policy_params
@@ -64,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=32,
         help="caps long-lived StreamLoad/WatchStatus calls at half of this (the name is from"
         " the former threaded server; the grpc.aio server holds no thread per call)",
+    )
+    parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=0.0,
+        help="decide Schedules that arrive within this window together (the policy's batch"
+        " form over all of them); 0 = off: each call, and each Session message's Schedules,"
+        " is one batch",
     )
     parser.add_argument(
         "--max-sessions",
@@ -136,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             args.listen,
             max_workers=args.max_workers,
             max_sessions=args.max_sessions,
+            batch_window_s=args.batch_window_ms / 1000,
             metrics_host=args.metrics_host,
             metrics_port=metrics_port,
             tls_cert_file=args.tls_cert_file,
@@ -170,8 +178,4 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_ready_file(path: Path, server: ControllerServer, port: int) -> None:
     metrics_port = server.observability.port if server.observability else None
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps({"grpc_port": port, "metrics_port": metrics_port, "pid": os.getpid()})
-    )
-    tmp.replace(path)  # atomic: readers never see half a file
+    write_ready_file(path, {"grpc_port": port, "metrics_port": metrics_port})

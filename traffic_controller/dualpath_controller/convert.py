@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dualpath.v1 import traffic_controller_pb2 as pb
 
-from dualpath_controller.policy import Assignment, EngineScore, ReadPath, Request, Role
+from dualpath_controller.policy import Assignment, LoadReport, ReadPath, Request, Role
 
 ROLE_TO_PROTO = {Role.PREFILL: pb.ENGINE_ROLE_PREFILL, Role.DECODE: pb.ENGINE_ROLE_DECODE}
 ROLE_FROM_PROTO = {v: k for k, v in ROLE_TO_PROTO.items()}
@@ -47,18 +47,6 @@ def request_from_proto(message: pb.ScheduleRequest) -> Request:
     )
 
 
-def schedule_request(request: Request, session_id: str = "") -> pb.ScheduleRequest:
-    return pb.ScheduleRequest(
-        request_id=request.request_id,
-        total_tokens=request.total_tokens,
-        cached_tokens=request.cached_tokens,
-        append_tokens=request.append_tokens,
-        expected_output_tokens=request.expected_output_tokens,
-        kv_bytes_per_token=request.kv_bytes_per_token,
-        session_id=session_id,
-    )
-
-
 def assignment_to_proto(a: Assignment, into: pb.Assignment | None = None) -> pb.Assignment:
     """Core fields only; the server adds nodes, agent endpoints and byte counts. Fills `into`
     in place when given (about half the cost of building a message and copying it)."""
@@ -76,14 +64,15 @@ def assignment_to_proto(a: Assignment, into: pb.Assignment | None = None) -> pb.
     return out
 
 
-def assignment_from_proto(message: pb.Assignment) -> Assignment:
-    return Assignment(
-        request_id=message.request_id,
-        prefill_engine_id=message.prefill_engine_id,
-        decode_engine_id=message.decode_engine_id,
-        read_path=PATH_FROM_PROTO[message.read_path],
-        de_read_fraction=message.de_read_fraction,
-        policy=message.policy,
-        reason=message.reason,
-        scores=tuple(EngineScore(s.engine_id, s.rule, s.value) for s in message.scores),
+def load_report_from_proto(report: pb.LoadReport, role: int) -> LoadReport:
+    """A checked report (the state validated it); free HBM only counts for decode engines."""
+    return LoadReport(
+        report.engine_id,
+        report.unfinished_requests,
+        report.unfinished_tokens,
+        report.free_hbm_tokens if role == pb.ENGINE_ROLE_DECODE else None,
+        report.read_queue_length,
+        report.read_queue_tokens,
+        report.read_queue_bytes,
+        report.snic_inflight_bytes,
     )

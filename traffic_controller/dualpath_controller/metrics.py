@@ -4,14 +4,17 @@ state at scrape time instead of being updated on every decision."""
 
 from __future__ import annotations
 
+import bisect
 import gc
+import math
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from dualpath_controller.policy import Assignment, Role
 
@@ -30,32 +33,10 @@ class ControllerMetrics:
     def __init__(self, policy: str, registry: CollectorRegistry | None = None) -> None:
         self.policy = policy
         self.registry = registry or CollectorRegistry()
-        self.decisions = Counter(
-            "dualpath_controller_decisions_total",
-            "Schedule decisions by policy and read path",
-            ["policy", "path"],
-            registry=self.registry,
-        )
-        self.de_fraction = Histogram(
-            "dualpath_controller_de_read_fraction",
-            "Share of a request's cached bytes read on the decode side (0 = PE_READ, 1 = DE_READ)",
-            ["policy"],
-            buckets=FRACTION_BUCKETS,
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "dualpath_controller_decision_latency_seconds",
-            "Time to decide and book one request inside the controller (policy core)",
-            ["policy"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.finishes = Counter(
-            "dualpath_controller_requests_finished_total",
-            "Requests released, by how they ended (completed, cancelled, expired)",
-            ["outcome"],
-            registry=self.registry,
-        )
+        # Counted on every request: plain ints, exported at scrape time (Tallies), ~0.2 us
+        # per update against ~1-3 us for prometheus_client's locked counters and histograms.
+        self.tallies = Tallies(policy)
+        self.registry.register(self.tallies)
         self.rpc_errors = Counter(
             "dualpath_controller_rpc_errors_total",
             "gRPC calls answered with an error status",
@@ -73,18 +54,6 @@ class ControllerMetrics:
             "Session streams open right now",
             registry=self.registry,
         )
-        self.session_batch = Histogram(
-            "dualpath_controller_session_batch_operations",
-            "Operations per Session message received (how much a busy client coalesces)",
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
-        )
-        self._decision_children = {
-            path: self.decisions.labels(policy, path) for path in ("pe_read", "de_read", "split")
-        }
-        self._fraction_child = self.de_fraction.labels(policy)
-        self._latency_child = self.latency.labels(policy)
-        self._finish_children: dict[str, Counter] = {}
         self.gc_pauses: GcPauses | None = None
 
     def bind(self, state: ControllerState) -> None:
@@ -98,21 +67,119 @@ class ControllerMetrics:
         return self.gc_pauses
 
     def observe_decision(self, assignment: Assignment, latency_s: float) -> None:
-        self._decision_children[assignment.read_path.value].inc()
-        self._fraction_child.observe(assignment.de_read_fraction)
-        self._latency_child.observe(latency_s)
+        t = self.tallies
+        t.decisions[assignment.read_path.value] += 1
+        t.de_fraction.observe(assignment.de_read_fraction)
+        t.latency.observe(latency_s)
 
     def observe_finish(self, outcome: str) -> None:
-        child = self._finish_children.get(outcome)
-        if child is None:  # labels() costs a lock and a tuple per call: keep the children
-            child = self._finish_children[outcome] = self.finishes.labels(outcome)
-        child.inc()
+        finishes = self.tallies.finishes
+        finishes[outcome] = finishes.get(outcome, 0) + 1
+
+    def observe_progress(self, signal: str) -> None:
+        self.tallies.progress[signal] += 1
+
+    def observe_schedule_batch(self, requests: int) -> None:
+        self.tallies.schedule_batch.observe(requests)
 
     def observe_session_batch(self, operations: int) -> None:
-        self.session_batch.observe(operations)
+        self.tallies.session_batch.observe(operations)
 
     def observe_rpc_error(self, method: str, code: str) -> None:
         self.rpc_errors.labels(method, code).inc()
+
+
+class LocalHistogram:
+    """A histogram as plain numbers: observe() is a bisect and two additions, no lock (the
+    controller observes on its event-loop thread only; a scrape reads a near-snapshot)."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.bounds = buckets
+        self.counts = [0] * (len(buckets) + 1)  # per bucket (value <= bound), +Inf last
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self.bounds, math.inf), list(self.counts), strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        family.add_metric(labels, buckets, self.sum)
+
+
+class Tallies(Collector):
+    """The per-request metrics (decisions by read path, decode-side fractions, decision
+    latency, requests finished, progress signals, batch sizes), counted in plain ints."""
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        self.decisions = {path: 0 for path in ("pe_read", "de_read", "split")}
+        self.finishes: dict[str, int] = {}
+        self.progress = {signal: 0 for signal in ("read_done", "prefill_done")}
+        self.de_fraction = LocalHistogram(FRACTION_BUCKETS)
+        self.latency = LocalHistogram(LATENCY_BUCKETS)
+        self.schedule_batch = LocalHistogram(BATCH_BUCKETS)
+        self.session_batch = LocalHistogram(BATCH_BUCKETS)
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        decisions = CounterMetricFamily(
+            "dualpath_controller_decisions",
+            "Schedule decisions by policy and read path",
+            labels=["policy", "path"],
+        )
+        for path, value in list(self.decisions.items()):
+            decisions.add_metric([self.policy, path], value)
+        yield decisions
+        finishes = CounterMetricFamily(
+            "dualpath_controller_requests_finished",
+            "Requests released, by how they ended (completed, cancelled, expired)",
+            labels=["outcome"],
+        )
+        for outcome, value in sorted(self.finishes.items()):
+            finishes.add_metric([outcome], value)
+        yield finishes
+        progress = CounterMetricFamily(
+            "dualpath_controller_request_progress",
+            "Progress signals applied to booked requests (read_done, prefill_done)",
+            labels=["signal"],
+        )
+        for signal, value in list(self.progress.items()):
+            progress.add_metric([signal], value)
+        yield progress
+        for name, help_text, histogram, labels in (
+            (
+                "dualpath_controller_de_read_fraction",
+                "Share of a request's cached bytes read on the decode side (0 = PE_READ,"
+                " 1 = DE_READ)",
+                self.de_fraction,
+                ["policy"],
+            ),
+            (
+                "dualpath_controller_decision_latency_seconds",
+                "Time to decide and book one request inside the controller (policy core;"
+                " a batch's time shared out over its decisions)",
+                self.latency,
+                ["policy"],
+            ),
+            (
+                "dualpath_controller_schedule_batch_requests",
+                "New requests decided together in one batch (the policy's batch form)",
+                self.schedule_batch,
+                [],
+            ),
+            (
+                "dualpath_controller_session_batch_operations",
+                "Operations per Session message received (how much a busy client coalesces)",
+                self.session_batch,
+                [],
+            ),
+        ):
+            family = HistogramMetricFamily(name, help_text, labels=labels)
+            histogram.add_to(family, [self.policy] if labels else [])
+            yield family
 
 
 class _StateCollector(Collector):

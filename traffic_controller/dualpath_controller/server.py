@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -46,7 +47,9 @@ from dualpath_controller.state import ControllerError, ControllerState
 
 log = logging.getLogger("dualpath.controller")
 T = TypeVar("T")
-M = TypeVar("M", pb.CompleteResponse, pb.CancelResponse)
+M = TypeVar(
+    "M", pb.CompleteResponse, pb.CancelResponse, pb.ReadDoneResponse, pb.PrefillDoneResponse
+)
 MIN_WATCH_INTERVAL_S = 0.1
 # Operations in one SessionRequestBatch: more is a client bug (it would also hold the event
 # loop for long: ~30 us per operation), so the stream ends with INVALID_ARGUMENT.
@@ -54,9 +57,44 @@ MAX_SESSION_BATCH = 1024
 # How long a refused Session stream waits for its first batch to answer it in band.
 REFUSED_SESSION_READ_S = 1.0
 NO_OPERATION = (
-    "SessionRequest.operation must be set (schedule, complete or cancel); a newer client?"
+    "SessionRequest.operation must be set (schedule, complete, cancel, read_done or"
+    " prefill_done); a newer client?"
 )
 Operation = Callable[..., Any]
+
+
+@dataclass
+class _Waiting:
+    """Schedules of one call (or one Session run) waiting for the batching window."""
+
+    messages: list[pb.ScheduleRequest]
+    outs: list[pb.ScheduleResponse | None]
+    done: asyncio.Future[list[pb.ScheduleResponse | ControllerError]]
+
+
+@dataclass
+class _Prepared:
+    """A Session answer whose Schedules wait for the batching window."""
+
+    out: pb.SessionResponseBatch
+    waits: list[tuple[list[pb.SessionResponse], asyncio.Future[Any]]]
+    fill: Callable[[list[pb.SessionResponse], list[Any]], None]
+
+    async def finished(self) -> pb.SessionResponseBatch:
+        for run, done in self.waits:
+            self.fill(run, await done)
+        return self.out
+
+
+async def _write_prepared(context: Any, outbox: asyncio.Queue[_Prepared | None]) -> None:
+    while (prepared := await outbox.get()) is not None:
+        await context.write(await prepared.finished())
+
+
+def _answer_error(answer: pb.SessionResponse, kind: str, exc: ControllerError) -> None:
+    answer.ClearField(kind)  # a half-written result must not leak out
+    answer.error.code = exc.code.value[0]
+    answer.error.message = exc.message
 
 
 def _mark_set(field: M) -> M:
@@ -73,9 +111,18 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
         max_long_lived_calls: int,
         max_sessions: int = 16,
         clock: Callable[[], float] = time.monotonic,
+        batch_window_s: float = 0.0,
     ) -> None:
+        if batch_window_s < 0:
+            raise ValueError(f"batch_window_s must be >= 0, got {batch_window_s}")
         self.state = state
         self.clock = clock
+        # 0: each Schedule call, and each Session message's schedules, is its own batch.
+        # > 0: Schedules arriving within this window (any call, any stream) are decided
+        # together (the paper's batch form over more requests, for a little latency).
+        self.batch_window_s = batch_window_s
+        self._window: list[_Waiting] = []
+        self._window_timer: asyncio.TimerHandle | None = None
         self.lock = threading.Lock()
         self.stopping = asyncio.Event()  # binds to the server's loop on first use
         self.max_long_lived_calls = max_long_lived_calls
@@ -84,10 +131,12 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
         self.long_lived_open = 0
         self.sessions_open = 0
         # The operations both the unary calls and Session run: name -> (metrics label, fn).
+        # (Session schedules are decided per run of consecutive ones: `_schedule_run`.)
         self._operations: dict[str, tuple[str, Operation]] = {
-            "schedule": ("Session.Schedule", self._schedule),
             "complete": ("Session.Complete", self._complete),
             "cancel": ("Session.Cancel", self._cancel),
+            "read_done": ("Session.ReadDone", self._read_done),
+            "prefill_done": ("Session.PrefillDone", self._prefill_done),
         }
 
     # ----- the operations (callers hold self.lock) -----
@@ -111,6 +160,56 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
     ) -> pb.CancelResponse:
         self.state.finish(request.request_id, cancelled=True, reason=request.reason)
         return _mark_set(answer.cancel) if answer is not None else pb.CancelResponse()
+
+    def _read_done(
+        self, request: pb.ReadDoneRequest, answer: pb.SessionResponse | None = None
+    ) -> pb.ReadDoneResponse:
+        self.state.progress(request.request_id, prefill_done=False)
+        return _mark_set(answer.read_done) if answer is not None else pb.ReadDoneResponse()
+
+    def _prefill_done(
+        self, request: pb.PrefillDoneRequest, answer: pb.SessionResponse | None = None
+    ) -> pb.PrefillDoneResponse:
+        self.state.progress(request.request_id, prefill_done=True)
+        return _mark_set(answer.prefill_done) if answer is not None else pb.PrefillDoneResponse()
+
+    # ----- the batching window (batch_window_s > 0) -----
+
+    def _join_window(
+        self, messages: list[pb.ScheduleRequest], outs: list[pb.ScheduleResponse | None]
+    ) -> asyncio.Future[list[pb.ScheduleResponse | ControllerError]]:
+        """Add Schedules to the open window (opening one); the future gets this caller's
+        share of the batch's results when the window closes."""
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(messages, outs, loop.create_future())
+        self._window.append(waiting)
+        if self._window_timer is None:
+            self._window_timer = loop.call_later(self.batch_window_s, self._close_window)
+        return waiting.done
+
+    def _close_window(self) -> None:
+        """Decide everything in the window as one batch (on the timer, or early: a stream's
+        other operation must not overtake its own Schedules)."""
+        if self._window_timer is not None:
+            self._window_timer.cancel()
+        waiting, self._window, self._window_timer = self._window, [], None
+        if not waiting:
+            return
+        messages = [m for w in waiting for m in w.messages]
+        outs = [o for w in waiting for o in w.outs]
+        try:
+            with self.lock:
+                results = self.state.schedule_batch(messages, self.clock(), outs)
+        except Exception:
+            log.exception("internal error", extra={"method": "Schedule"})
+            error = ControllerError(grpc.StatusCode.INTERNAL, "Schedule: internal error")
+            results = [error] * len(messages)
+        start = 0
+        for w in waiting:
+            share = results[start : start + len(w.messages)]
+            start += len(w.messages)
+            if not w.done.done():  # the caller may have gone (cancelled)
+                w.done.set_result(share)
 
     # ----- error handling shared by unary calls and Session operations -----
 
@@ -202,13 +301,26 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
     # ----- requests -----
 
     async def Schedule(self, request: pb.ScheduleRequest, context: Any) -> pb.ScheduleResponse:
-        return await self._run("Schedule", context, self._schedule, request)
+        if not self.batch_window_s:
+            return await self._run("Schedule", context, self._schedule, request)
+        (result,) = await self._join_window([request], [None])
+        if isinstance(result, ControllerError):
+            await self._abort("Schedule", context, result.code, result.message)
+        return result
 
     async def Complete(self, request: pb.CompleteRequest, context: Any) -> pb.CompleteResponse:
         return await self._run("Complete", context, self._complete, request)
 
     async def Cancel(self, request: pb.CancelRequest, context: Any) -> pb.CancelResponse:
         return await self._run("Cancel", context, self._cancel, request)
+
+    async def ReadDone(self, request: pb.ReadDoneRequest, context: Any) -> pb.ReadDoneResponse:
+        return await self._run("ReadDone", context, self._read_done, request)
+
+    async def PrefillDone(
+        self, request: pb.PrefillDoneRequest, context: Any
+    ) -> pb.PrefillDoneResponse:
+        return await self._run("PrefillDone", context, self._prefill_done, request)
 
     async def Session(
         self, request_iterator: AsyncIterator[pb.SessionRequestBatch], context: Any
@@ -238,10 +350,20 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
         self.sessions_open += 1
         self.state.metrics.sessions_open.inc()
         operations = 0
+        # With the batching window, answers wait for it while the next messages are read
+        # (a writer task sends them in order), so a stream is not held to one per window.
+        outbox: asyncio.Queue[_Prepared | None] | None = None
+        writer: asyncio.Task[None] | None = None
+        if self.batch_window_s:
+            outbox = asyncio.Queue()
+            writer = asyncio.create_task(_write_prepared(context, outbox))
         try:
             while True:
                 batch = await context.read()
                 if batch is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    if outbox is not None and writer is not None:
+                        outbox.put_nowait(None)
+                        await writer  # what was read is answered before the call ends
                     return
                 size = len(batch.requests)
                 if size > MAX_SESSION_BATCH:
@@ -254,35 +376,106 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
                     )
                 operations += size
                 self.state.metrics.observe_session_batch(size)
-                await context.write(self.answer_batch(batch))
+                if outbox is not None:
+                    outbox.put_nowait(self.prepare_batch_windowed(batch))
+                else:
+                    await context.write(self.answer_batch(batch))
         finally:
+            if writer is not None and not writer.done():
+                writer.cancel()  # the call failed or was cancelled: nobody to answer
             self.sessions_open -= 1
             self.state.metrics.sessions_open.dec()
             log.debug("session closed", extra={"peer": context.peer(), "operations": operations})
 
     def answer_batch(self, batch: pb.SessionRequestBatch) -> pb.SessionResponseBatch:
-        """Apply a batch's operations in order under one lock hold; a failed operation
+        """Apply a batch's operations in order under one lock hold; each run of consecutive
+        Schedules is decided as one batch (the policy's batch form). A failed operation
         becomes an OperationError in its answer, the others go on."""
         out = pb.SessionResponseBatch()
         answers = out.responses
+        messages: list[pb.ScheduleRequest] = []  # the current run of Schedules
+        run: list[pb.SessionResponse] = []  # and their answers
         with self.lock:
             for item in batch.requests:
                 kind = item.WhichOneof("operation")
                 answer = answers.add(correlation_id=item.correlation_id)
-                if kind is None:
-                    self.state.metrics.observe_rpc_error("Session", "INVALID_ARGUMENT")
-                    answer.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-                    answer.error.message = NO_OPERATION
+                if kind == "schedule":
+                    messages.append(item.schedule)
+                    run.append(answer)
                     continue
-                method, operation = self._operations[kind]
-                try:
-                    # Writes its result into the answer's field of the same name.
-                    self._call_locked(method, operation, getattr(item, kind), answer)
-                except ControllerError as exc:
-                    answer.ClearField(kind)  # a half-written result must not leak out
-                    answer.error.code = exc.code.value[0]
-                    answer.error.message = exc.message
+                if run:
+                    self._schedule_run(messages, run)
+                    messages, run = [], []
+                self._answer_one(item, kind, answer)
+            if run:
+                self._schedule_run(messages, run)
         return out
+
+    def prepare_batch_windowed(self, batch: pb.SessionRequestBatch) -> _Prepared:
+        """answer_batch with the batching window: each run of Schedules joins the window
+        (with the other calls' and streams'); any other operation first closes the window
+        if it holds Schedules (so nothing overtakes a stream's own Schedules), then runs.
+        The answer is complete once every returned wait is done."""
+        out = pb.SessionResponseBatch()
+        answers = out.responses
+        waits: list[tuple[list[pb.SessionResponse], asyncio.Future[Any]]] = []
+        messages: list[pb.ScheduleRequest] = []
+        run: list[pb.SessionResponse] = []
+        for item in batch.requests:
+            kind = item.WhichOneof("operation")
+            answer = answers.add(correlation_id=item.correlation_id)
+            if kind == "schedule":
+                messages.append(item.schedule)
+                run.append(answer)
+                continue
+            if run:
+                waits.append((run, self._join_window(messages, [a.schedule for a in run])))
+                messages, run = [], []
+            if self._window:
+                self._close_window()
+            with self.lock:
+                self._answer_one(item, kind, answer)
+        if run:
+            waits.append((run, self._join_window(messages, [a.schedule for a in run])))
+        return _Prepared(out, waits, self._fill_schedules)
+
+    def _schedule_run(
+        self, messages: list[pb.ScheduleRequest], run: list[pb.SessionResponse]
+    ) -> None:
+        """Decide consecutive Session schedules together (caller holds the lock); each
+        answer's schedule field is written in place."""
+        outs = [a.schedule for a in run]
+        try:
+            results = self._call_locked(
+                "Session.Schedule", self.state.schedule_batch, messages, self.clock(), outs
+            )
+        except ControllerError as exc:
+            results = [exc] * len(run)
+        self._fill_schedules(run, results)
+
+    def _fill_schedules(
+        self,
+        run: list[pb.SessionResponse],
+        results: list[pb.ScheduleResponse | ControllerError],
+    ) -> None:
+        for answer, result in zip(run, results, strict=True):
+            if isinstance(result, ControllerError):
+                self.state.metrics.observe_rpc_error("Session.Schedule", result.code.name)
+                _answer_error(answer, "schedule", result)
+
+    def _answer_one(self, item: pb.SessionRequest, kind: str | None, answer: Any) -> None:
+        """One non-Schedule operation (caller holds the lock)."""
+        if kind is None:
+            self.state.metrics.observe_rpc_error("Session", "INVALID_ARGUMENT")
+            answer.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            answer.error.message = NO_OPERATION
+            return
+        method, operation = self._operations[kind]
+        try:
+            # Writes its result into the answer's field of the same name.
+            self._call_locked(method, operation, getattr(item, kind), answer)
+        except ControllerError as exc:
+            _answer_error(answer, kind, exc)
 
     # ----- status -----
 
@@ -320,6 +513,7 @@ class ControllerServer:
         tls_key_file: str | Path | None = None,
         identity: tls.IdentityDir | None = None,
         clock: Callable[[], float] = time.monotonic,
+        batch_window_s: float = 0.0,
     ) -> None:
         """`identity`: mutual TLS, callers authorized by role (dualpath_common.authz).
         `tls_cert_file`/`tls_key_file`: server-only TLS (a user-provided certificate; callers
@@ -359,7 +553,11 @@ class ControllerServer:
         self.clock = clock
         self.port = 0
         self.service = TrafficControllerService(
-            state, max_long_lived_calls=max_workers // 2, max_sessions=max_sessions, clock=clock
+            state,
+            max_long_lived_calls=max_workers // 2,
+            max_sessions=max_sessions,
+            clock=clock,
+            batch_window_s=batch_window_s,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

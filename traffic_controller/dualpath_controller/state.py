@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -19,6 +20,7 @@ from dualpath.v1 import traffic_controller_pb2 as pb
 
 from dualpath_controller.convert import (
     assignment_to_proto,
+    load_report_from_proto,
     request_from_proto,
     role_from_proto,
 )
@@ -26,7 +28,7 @@ from dualpath_controller.metrics import ControllerMetrics
 from dualpath_controller.policy import (
     ClusterView,
     EngineState,
-    NoCapacity,
+    Lifecycle,
     Policy,
     Request,
     Role,
@@ -144,7 +146,9 @@ class ControllerState:
         if liveness_timeout_s <= 0 or report_interval_s <= 0 or request_ttl_s <= 0:
             raise ValueError("liveness_timeout_s, report_interval_s and request_ttl_s must be > 0")
         self.policy = policy
-        self.view = ClusterView()
+        # The booking lifecycle the simulator runs too (policy/lifecycle.py).
+        self.lifecycle = Lifecycle(policy)
+        self.view: ClusterView = self.lifecycle.view
         self.liveness_timeout_s = liveness_timeout_s
         self.report_interval_s = report_interval_s
         # A report sent this long after an agent failure report proves the agent is back
@@ -252,21 +256,7 @@ class ControllerState:
         stored.CopyFrom(report)
         record.last_report = stored
         view = self.view
-        view.update_engine_load(
-            report.engine_id,
-            unfinished_requests=report.unfinished_requests,
-            unfinished_tokens=report.unfinished_tokens,
-            free_hbm_tokens=(
-                report.free_hbm_tokens if record.engine.role == pb.ENGINE_ROLE_DECODE else None
-            ),
-        )
-        view.update_node_load(
-            record.engine.node,
-            read_queue_length=report.read_queue_length,
-            read_queue_tokens=report.read_queue_tokens,
-            read_queue_bytes=report.read_queue_bytes,
-            snic_inflight_bytes=report.snic_inflight_bytes,
-        )
+        self.lifecycle.report(load_report_from_proto(report, record.engine.role))
         if record.drain_reason == DRAIN_MISSED_REPORTS or (
             record.drain_reason == DRAIN_AGENT_FAILED
             and now - record.agent_failed_at >= self.agent_failure_holdoff_s
@@ -350,70 +340,163 @@ class ControllerState:
         now: float = 0.0,
         out: pb.ScheduleResponse | None = None,
     ) -> pb.ScheduleResponse:
-        """Decide (or replay) one request. The answer is written into `out` when given (the
-        Session stream passes its answer's field: no copy), else into a new message."""
-        try:
-            request = request_from_proto(message)
-        except ValueError as exc:
-            raise invalid(str(exc)) from None
-        key = request_key(request)
+        """Decide (or replay) one request: a batch of one. The answer is written into `out`
+        when given (the Session stream passes its answer's field: no copy), else into a new
+        message. Raises ControllerError."""
+        (result,) = self.schedule_batch((message,), now, (out,))
+        if isinstance(result, ControllerError):
+            raise result
+        return result
+
+    def schedule_batch(
+        self,
+        messages: Sequence[pb.ScheduleRequest],
+        now: float = 0.0,
+        outs: Sequence[pb.ScheduleResponse | None] | None = None,
+    ) -> list[pb.ScheduleResponse | ControllerError]:
+        """Decide a batch of requests that arrived together, in order, with the policy's
+        batch form (`Lifecycle.schedule`, as the simulator does). Per request: its answer
+        (written into outs[i] when given) or its error. Replays and invalid requests are
+        answered on their own; the new ones are decided together. A request that finds no
+        capacity, and every new one behind it (FIFO, head of line, like the paper's queue),
+        gets RESOURCE_EXHAUSTED. A request id repeated inside the batch is answered after
+        the batch's decisions (a replay of the first)."""
+        outs = outs if outs is not None else (None,) * len(messages)
+        results: list[pb.ScheduleResponse | ControllerError | None] = [None] * len(messages)
+        fresh: list[Request] = []
+        fresh_at: list[int] = []
+        seen: set[str] = set()
+        repeated: list[int] = []
+        for i, message in enumerate(messages):
+            try:
+                request = request_from_proto(message)
+            except ValueError as exc:
+                results[i] = invalid(str(exc))
+                continue
+            if request.request_id in seen:
+                repeated.append(i)
+                continue
+            try:
+                replay = self._replay(request, outs[i])
+            except ControllerError as exc:
+                results[i] = exc
+                continue
+            if replay is not None:
+                results[i] = replay
+                continue
+            seen.add(request.request_id)
+            fresh.append(request)
+            fresh_at.append(i)
+        if fresh:
+            self._decide(fresh, fresh_at, now, outs, results)
+        for i in repeated:
+            (results[i],) = self.schedule_batch((messages[i],), now, (outs[i],))
+        return [r for r in results if r is not None]
+
+    def _replay(
+        self, request: Request, out: pb.ScheduleResponse | None
+    ) -> pb.ScheduleResponse | None:
         stored = self.in_flight.get(request.request_id) or self.finished.get(request.request_id)
-        if stored is not None:
-            known = Decision._make(stored)
-            if known.key != key:
-                raise invalid(
-                    f"request_id {request.request_id!r} was already scheduled with different"
-                    " parameters (request ids must be unique)"
-                )
-            self.counters.replayed += 1
-            out = pb.ScheduleResponse() if out is None else out
-            out.assignment.MergeFromString(known.assignment)
-            out.replayed = True
-            return out
+        if stored is None:
+            return None
+        known = Decision._make(stored)
+        if known.key != request_key(request):
+            raise invalid(
+                f"request_id {request.request_id!r} was already scheduled with different"
+                " parameters (request ids must be unique)"
+            )
+        self.counters.replayed += 1
+        out = pb.ScheduleResponse() if out is None else out
+        out.assignment.MergeFromString(known.assignment)
+        out.replayed = True
+        return out
+
+    def _decide(
+        self,
+        requests: list[Request],
+        positions: list[int],
+        now: float,
+        outs: Sequence[pb.ScheduleResponse | None],
+        results: list[pb.ScheduleResponse | ControllerError | None],
+    ) -> None:
         for role in (Role.PREFILL, Role.DECODE):
             if self.view.count(role) == 0:
-                raise ControllerError(
+                error = ControllerError(
                     grpc.StatusCode.FAILED_PRECONDITION, f"no {role.value} engines registered"
                 )
+                for i in positions:
+                    results[i] = error
+                return
         started = time.perf_counter()
-        try:
-            assignment = self.policy.schedule(self.view, request)
-        except NoCapacity as exc:
-            self.counters.rejected += 1
-            raise ControllerError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"no capacity: {exc}; retry later"
-            ) from None
-        booking = self.view.apply(assignment, request)
-        latency = time.perf_counter() - started
-        out = pb.ScheduleResponse() if out is None else out
-        response = out.assignment
-        assignment_to_proto(assignment, into=response)
-        pe_record = self.records[assignment.prefill_engine_id]
-        de_record = self.records[assignment.decode_engine_id]
-        response.prefill_node = booking.pe_node
-        response.decode_node = booking.de_node
-        response.prefill_agent_endpoint = pe_record.engine.agent_endpoint
-        response.decode_agent_endpoint = de_record.engine.agent_endpoint
-        response.pe_read_bytes = booking.pe_read_bytes
-        response.de_read_bytes = booking.de_read_bytes
-        for record in (pe_record, de_record):
-            record.assigned_requests += 1
-            record.assigned_tokens += request.total_tokens
-        self.in_flight[request.request_id] = (
-            key,
-            response.SerializeToString(),
-            assignment.prefill_engine_id,
-            assignment.decode_engine_id,
-            request.total_tokens,
-            now,
-        )
-        self.counters.decisions += 1
-        self.metrics.observe_decision(assignment, latency)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "scheduled", extra={"request_id": request.request_id, "reason": assignment.reason}
+        batch = self.lifecycle.schedule(requests)
+        self.metrics.observe_schedule_batch(len(requests))
+        # Per decision: the batch's cost shared out (a batch of one: that decision's).
+        latency = (time.perf_counter() - started) / max(1, len(batch.assignments))
+        bookings = self.view.bookings
+        records = self.records
+        for request, assignment, i in zip(requests, batch.assignments, positions, strict=False):
+            booking = bookings[request.request_id]
+            out = outs[i]
+            out = pb.ScheduleResponse() if out is None else out
+            response = out.assignment
+            assignment_to_proto(assignment, into=response)
+            pe_record = records[booking.prefill_engine_id]
+            de_record = records[booking.decode_engine_id]
+            response.prefill_node = booking.pe_node
+            response.decode_node = booking.de_node
+            response.prefill_agent_endpoint = pe_record.engine.agent_endpoint
+            response.decode_agent_endpoint = de_record.engine.agent_endpoint
+            response.pe_read_bytes = booking.pe_read_bytes
+            response.de_read_bytes = booking.de_read_bytes
+            pe_record.assigned_requests += 1
+            pe_record.assigned_tokens += request.total_tokens
+            de_record.assigned_requests += 1
+            de_record.assigned_tokens += request.total_tokens
+            self.in_flight[request.request_id] = (
+                request_key(request),
+                response.SerializeToString(),
+                booking.prefill_engine_id,
+                booking.decode_engine_id,
+                request.total_tokens,
+                now,
             )
-        return out
+            self.counters.decisions += 1
+            self.metrics.observe_decision(assignment, latency)
+            results[i] = out
+        if batch.unscheduled:
+            head = batch.unscheduled[0].request_id
+            for k in range(len(batch.unscheduled)):
+                self.counters.rejected += 1
+                behind = "" if k == 0 else f" (queued behind {head!r})"
+                results[positions[len(batch.assignments) + k]] = ControllerError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"no capacity: {batch.blocked_reason}{behind}; retry later",
+                )
+        if log.isEnabledFor(logging.DEBUG):
+            for assignment in batch.assignments:
+                log.debug(
+                    "scheduled",
+                    extra={"request_id": assignment.request_id, "reason": assignment.reason},
+                )
+
+    def progress(self, request_id: str, *, prefill_done: bool) -> None:
+        """ReadDone (prefill_done False) or PrefillDone: give the booked read (and, after
+        prefill, the prefill engine's load) back early. Idempotent; a finished request is a
+        no-op; one never scheduled here is NOT_FOUND."""
+        _check_id("request_id", request_id)
+        if request_id not in self.in_flight:
+            if request_id in self.finished:
+                return
+            raise ControllerError(
+                grpc.StatusCode.NOT_FOUND,
+                f"request {request_id!r} is not in flight (never scheduled here, or the"
+                " controller restarted since)",
+            )
+        if prefill_done:
+            self.lifecycle.prefill_done(request_id)
+        else:
+            self.lifecycle.read_done(request_id)
+        self.metrics.observe_progress("prefill_done" if prefill_done else "read_done")
 
     def finish(
         self, request_id: str, *, cancelled: bool = False, reason: str = "", expired: bool = False
@@ -429,7 +512,7 @@ class ControllerState:
                 f"request {request_id!r} is not in flight (never scheduled here, or the"
                 " controller restarted since)",
             )
-        self.view.release(request_id)
+        self.lifecycle.release(request_id)
         decision = Decision._make(stored)
         for engine_id in (decision.prefill_engine_id, decision.decode_engine_id):
             record = self.records.get(engine_id)

@@ -53,14 +53,6 @@ def child_selector(ctx: ClusterContext) -> str:
     return f"{LABEL_CLUSTER}={ctx.name},{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
 
 
-async def sync(kube: KubeClient, kind: ChildKind, ctx: ClusterContext) -> list[Obj]:
-    """Apply every desired object of this kind; returns them as the server stored them."""
-    rt = kind.resource(ctx.capabilities)
-    if rt is None:
-        return []
-    return [await kube.apply(rt, obj) for obj in kind.build(ctx)]
-
-
 async def delete(
     kube: KubeClient, kind: ChildKind, ctx: ClusterContext, keep: set[str] | None = None
 ) -> list[str]:

@@ -201,6 +201,26 @@ class CancelResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ReadDoneRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class ReadDoneResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PrefillDoneRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class PrefillDoneResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -277,16 +297,20 @@ class WatchStatusRequest(_message.Message):
     def __init__(self, interval_ms: _Optional[int] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("correlation_id", "schedule", "complete", "cancel")
+    __slots__ = ("correlation_id", "schedule", "complete", "cancel", "read_done", "prefill_done")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    READ_DONE_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_DONE_FIELD_NUMBER: _ClassVar[int]
     correlation_id: int
     schedule: ScheduleRequest
     complete: CompleteRequest
     cancel: CancelRequest
-    def __init__(self, correlation_id: _Optional[int] = ..., schedule: _Optional[_Union[ScheduleRequest, _Mapping]] = ..., complete: _Optional[_Union[CompleteRequest, _Mapping]] = ..., cancel: _Optional[_Union[CancelRequest, _Mapping]] = ...) -> None: ...
+    read_done: ReadDoneRequest
+    prefill_done: PrefillDoneRequest
+    def __init__(self, correlation_id: _Optional[int] = ..., schedule: _Optional[_Union[ScheduleRequest, _Mapping]] = ..., complete: _Optional[_Union[CompleteRequest, _Mapping]] = ..., cancel: _Optional[_Union[CancelRequest, _Mapping]] = ..., read_done: _Optional[_Union[ReadDoneRequest, _Mapping]] = ..., prefill_done: _Optional[_Union[PrefillDoneRequest, _Mapping]] = ...) -> None: ...
 
 class OperationError(_message.Message):
     __slots__ = ("code", "message")
@@ -297,18 +321,22 @@ class OperationError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
-    __slots__ = ("correlation_id", "schedule", "complete", "cancel", "error")
+    __slots__ = ("correlation_id", "schedule", "complete", "cancel", "error", "read_done", "prefill_done")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    READ_DONE_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_DONE_FIELD_NUMBER: _ClassVar[int]
     correlation_id: int
     schedule: ScheduleResponse
     complete: CompleteResponse
     cancel: CancelResponse
     error: OperationError
-    def __init__(self, correlation_id: _Optional[int] = ..., schedule: _Optional[_Union[ScheduleResponse, _Mapping]] = ..., complete: _Optional[_Union[CompleteResponse, _Mapping]] = ..., cancel: _Optional[_Union[CancelResponse, _Mapping]] = ..., error: _Optional[_Union[OperationError, _Mapping]] = ...) -> None: ...
+    read_done: ReadDoneResponse
+    prefill_done: PrefillDoneResponse
+    def __init__(self, correlation_id: _Optional[int] = ..., schedule: _Optional[_Union[ScheduleResponse, _Mapping]] = ..., complete: _Optional[_Union[CompleteResponse, _Mapping]] = ..., cancel: _Optional[_Union[CancelResponse, _Mapping]] = ..., error: _Optional[_Union[OperationError, _Mapping]] = ..., read_done: _Optional[_Union[ReadDoneResponse, _Mapping]] = ..., prefill_done: _Optional[_Union[PrefillDoneResponse, _Mapping]] = ...) -> None: ...
 
 class SessionRequestBatch(_message.Message):
     __slots__ = ("requests",)

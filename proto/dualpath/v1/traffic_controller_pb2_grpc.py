@@ -74,6 +74,16 @@ class TrafficControllerStub:
                 request_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.CancelRequest.SerializeToString,
                 response_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.CancelResponse.FromString,
                 _registered_method=True)
+        self.ReadDone = channel.unary_unary(
+                '/dualpath.v1.TrafficController/ReadDone',
+                request_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.ReadDoneRequest.SerializeToString,
+                response_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.ReadDoneResponse.FromString,
+                _registered_method=True)
+        self.PrefillDone = channel.unary_unary(
+                '/dualpath.v1.TrafficController/PrefillDone',
+                request_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.PrefillDoneRequest.SerializeToString,
+                response_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.PrefillDoneResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/dualpath.v1.TrafficController/GetStatus',
                 request_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.StatusRequest.SerializeToString,
@@ -149,6 +159,20 @@ class TrafficControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadDone(self, request, context):
+        """Progress signals of a scheduled request (read done, prefill done): they give booked load
+        back early, as the simulator's lifecycle does. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrefillDone(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -219,6 +243,16 @@ def add_TrafficControllerServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.CancelRequest.FromString,
                     response_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.CancelResponse.SerializeToString,
+            ),
+            'ReadDone': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadDone,
+                    request_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.ReadDoneRequest.FromString,
+                    response_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.ReadDoneResponse.SerializeToString,
+            ),
+            'PrefillDone': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrefillDone,
+                    request_deserializer=dualpath_dot_v1_dot_traffic__controller__pb2.PrefillDoneRequest.FromString,
+                    response_serializer=dualpath_dot_v1_dot_traffic__controller__pb2.PrefillDoneResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -452,6 +486,60 @@ class TrafficController:
             '/dualpath.v1.TrafficController/Cancel',
             dualpath_dot_v1_dot_traffic__controller__pb2.CancelRequest.SerializeToString,
             dualpath_dot_v1_dot_traffic__controller__pb2.CancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadDone(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dualpath.v1.TrafficController/ReadDone',
+            dualpath_dot_v1_dot_traffic__controller__pb2.ReadDoneRequest.SerializeToString,
+            dualpath_dot_v1_dot_traffic__controller__pb2.ReadDoneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrefillDone(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dualpath.v1.TrafficController/PrefillDone',
+            dualpath_dot_v1_dot_traffic__controller__pb2.PrefillDoneRequest.SerializeToString,
+            dualpath_dot_v1_dot_traffic__controller__pb2.PrefillDoneResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,9 @@
 No I/O, no clock, no randomness: the same view and the same calls give the same
 assignments, so the gRPC server and the simulator (sim/) run exactly this code.
 
-How to drive it (the simulator's loop; the server does the same from RPCs):
+The booking lifecycle (batch decision, read done, prefill done, release) that both the
+server (`state.py`) and the simulator run is `Lifecycle` (lifecycle.py); use it rather than
+the calls below unless you need a single step. What it does underneath:
 
     from dualpath_controller.policy import (
         ClusterView, EngineState, NoCapacity, Request, Role, get_policy,
@@ -61,6 +63,15 @@ instance per view.
 """
 
 from dualpath_controller.policy.base import BatchResult, ParamSpec, Policy
+from dualpath_controller.policy.lifecycle import (
+    Lifecycle,
+    LifecycleEvent,
+    LoadReport,
+    PrefillDone,
+    ReadDone,
+    Release,
+    ScheduleBatch,
+)
 from dualpath_controller.policy.paper import (
     DEFAULT_ALPHA_TOKENS,
     DEFAULT_BETA_TOKENS,
@@ -99,13 +110,20 @@ __all__ = [
     "ClusterView",
     "EngineScore",
     "EngineState",
+    "Lifecycle",
+    "LifecycleEvent",
+    "LoadReport",
     "NoCapacity",
     "NodeState",
     "ParamSpec",
     "Policy",
+    "PrefillDone",
+    "ReadDone",
     "ReadPath",
+    "Release",
     "Request",
     "Role",
+    "ScheduleBatch",
     "alpha_for",
     "balanced_de_fraction",
     "beta_for",

@@ -115,9 +115,6 @@ class ClusterView:
             self._role_nodes = {r: tuple(sorted(nodes)) for r, nodes in found.items()}
         return self._role_nodes[role]
 
-    def node_of(self, engine_id: str) -> NodeState:
-        return self.nodes[self.engines[engine_id].node]
-
     # ----- registration -----
 
     def add_engine(self, engine: EngineState) -> None:
@@ -173,10 +170,6 @@ class ClusterView:
             engine.drained = False
             self._activate(engine)
         self._role_nodes = None
-        self.version += 1
-
-    def upsert_node(self, node: NodeState) -> None:
-        self.nodes[node.node] = node
         self.version += 1
 
     # ----- load reports -----
