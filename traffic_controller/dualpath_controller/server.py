@@ -11,6 +11,10 @@ and the state calls are short and synchronous (~15-30 us), so decisions are seri
 without waiting on each other. `lock` still guards the state against the other threads that
 read it (/readyz).
 
+Size: this module is ~670 lines, over the project's ~600. It is one concern, the gRPC
+adapter; what makes it long is the batching window's Session reader and in-order writer,
+which share the server's lock and event loop and would only be harder to follow apart.
+
 Two ways to reach the same operations (`_schedule`, `_complete`, `_cancel`, shared):
 - unary Schedule / Complete / Cancel: one gRPC call each;
 - Session: a bidirectional stream of batches of operations with correlation ids, for
