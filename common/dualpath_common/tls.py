@@ -260,9 +260,13 @@ def channel_credentials(trust: str | Path) -> grpc.ChannelCredentials:
 
 # A restarted controller is reached again within a second: gRPC's default reconnect
 # backoff (1 s, growing to 120 s) would keep callers failing fast long after it is back.
+# gRPC core reads min_reconnect_backoff_ms as the connect timeout of one attempt (TCP, TLS
+# and HTTP/2 SETTINGS): at 100 ms a peer slowed by busy engines on a small machine failed
+# calls with "timed out before receiving SETTINGS frame". A refused connect still fails at
+# once and is retried after the (short) backoff.
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 5_000),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
