@@ -11,11 +11,10 @@ controller only does when asked (server-only TLS via --tls-cert-file included).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from dualpath_common.child import ReadyFileProcess
+from dualpath_common.child import ReadyFileProcess, cli_command, security_args
 
 
 class ControllerProcess(ReadyFileProcess):
@@ -35,10 +34,7 @@ class ControllerProcess(ReadyFileProcess):
         tls_dir: Path | None = None,
     ) -> None:
         super().__init__([], log_path)
-        self.args = [
-            sys.executable,
-            "-m",
-            "dualpath_cli.main",
+        self.args = cli_command(
             "controller",
             "--listen",
             listen,
@@ -52,15 +48,11 @@ class ControllerProcess(ReadyFileProcess):
             str(report_interval_ms),
             "--ready-file",
             str(self.ready_file),
-        ]
+        )
         for key, value in (params or {}).items():
             self.args += ["--policy-param", f"{key}={value}"]
-        extra = list(extra_args or [])
-        if tls_dir is not None:
-            self.args += ["--tls-dir", str(tls_dir)]
-        elif "--tls-dir" not in extra and "--insecure" not in extra:
-            self.args.append("--insecure")
-        self.args += extra
+        extra = extra_args or []
+        self.args += [*security_args(tls_dir, extra), *extra]
         self.grpc_port = 0
         self.metrics_port: int | None = None
 

@@ -11,9 +11,10 @@ and the state calls are short and synchronous (~15-30 us), so decisions are seri
 without waiting on each other. `lock` still guards the state against the other threads that
 read it (/readyz).
 
-Size: this module is ~670 lines, over the project's ~600. It is one concern, the gRPC
+Size: this module is ~630 lines, over the project's ~600. It is one concern, the gRPC
 adapter; what makes it long is the batching window's Session reader and in-order writer,
-which share the server's lock and event loop and would only be harder to follow apart.
+which share the server's lock and event loop and would only be harder to follow apart (how
+a batch is walked and answered lives in session_batch.py).
 
 Two ways to reach the same operations (`_schedule`, `_complete`, `_cancel`, shared):
 - unary Schedule / Complete / Cancel: one gRPC call each;
@@ -37,7 +38,6 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -47,6 +47,14 @@ from dualpath.v1 import traffic_controller_pb2_grpc as pb_grpc
 from dualpath_common import authz, grpc_input, tls
 from dualpath_common.observability import ObservabilityServer
 
+from dualpath_controller.session_batch import (
+    Prepared,
+    ScheduleRun,
+    Waiting,
+    answer_error,
+    steps,
+    write_prepared,
+)
 from dualpath_controller.state import ControllerError, ControllerState
 
 log = logging.getLogger("dualpath.controller")
@@ -67,44 +75,10 @@ NO_OPERATION = (
 Operation = Callable[..., Any]
 
 
-@dataclass
-class _Waiting:
-    """Schedules of one call (or one Session run) waiting for the batching window."""
-
-    messages: list[pb.ScheduleRequest]
-    outs: list[pb.ScheduleResponse | None]
-    done: asyncio.Future[list[pb.ScheduleResponse | ControllerError]]
-
-
-@dataclass
-class _Prepared:
-    """A Session answer whose Schedules wait for the batching window."""
-
-    out: pb.SessionResponseBatch
-    waits: list[tuple[list[pb.SessionResponse], asyncio.Future[Any]]]
-    fill: Callable[[list[pb.SessionResponse], list[Any]], None]
-
-    async def finished(self) -> pb.SessionResponseBatch:
-        for run, done in self.waits:
-            self.fill(run, await done)
-        return self.out
-
-
-async def _write_prepared(context: Any, outbox: asyncio.Queue[_Prepared | None]) -> None:
-    while (prepared := await outbox.get()) is not None:
-        await context.write(await prepared.finished())
-
-
-def _answer_error(answer: pb.SessionResponse, kind: str, exc: ControllerError) -> None:
-    answer.ClearField(kind)  # a half-written result must not leak out
-    answer.error.code = exc.code.value[0]
-    answer.error.message = exc.message
-
-
-def _mark_set(field: M) -> M:
+def _mark_set(oneof_field: M) -> M:
     """Select an empty message field of a oneof (it has nothing to assign)."""
-    field.SetInParent()
-    return field
+    oneof_field.SetInParent()
+    return oneof_field
 
 
 class TrafficControllerService(pb_grpc.TrafficControllerServicer):
@@ -125,7 +99,7 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
         # > 0: Schedules arriving within this window (any call, any stream) are decided
         # together (the paper's batch form over more requests, for a little latency).
         self.batch_window_s = batch_window_s
-        self._window: list[_Waiting] = []
+        self._window: list[Waiting] = []
         self._window_timer: asyncio.TimerHandle | None = None
         self.lock = threading.Lock()
         self.stopping = asyncio.Event()  # binds to the server's loop on first use
@@ -185,7 +159,7 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
         """Add Schedules to the open window (opening one); the future gets this caller's
         share of the batch's results when the window closes."""
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(messages, outs, loop.create_future())
+        waiting = Waiting(messages, outs, loop.create_future())
         self._window.append(waiting)
         if self._window_timer is None:
             self._window_timer = loop.call_later(self.batch_window_s, self._close_window)
@@ -356,11 +330,11 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
         operations = 0
         # With the batching window, answers wait for it while the next messages are read
         # (a writer task sends them in order), so a stream is not held to one per window.
-        outbox: asyncio.Queue[_Prepared | None] | None = None
+        outbox: asyncio.Queue[Prepared | None] | None = None
         writer: asyncio.Task[None] | None = None
         if self.batch_window_s:
             outbox = asyncio.Queue()
-            writer = asyncio.create_task(_write_prepared(context, outbox))
+            writer = asyncio.create_task(write_prepared(context, outbox))
         try:
             while True:
                 batch = await context.read()
@@ -396,52 +370,31 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
         Schedules is decided as one batch (the policy's batch form). A failed operation
         becomes an OperationError in its answer, the others go on."""
         out = pb.SessionResponseBatch()
-        answers = out.responses
-        messages: list[pb.ScheduleRequest] = []  # the current run of Schedules
-        run: list[pb.SessionResponse] = []  # and their answers
         with self.lock:
-            for item in batch.requests:
-                kind = item.WhichOneof("operation")
-                answer = answers.add(correlation_id=item.correlation_id)
-                if kind == "schedule":
-                    messages.append(item.schedule)
-                    run.append(answer)
-                    continue
-                if run:
-                    self._schedule_run(messages, run)
-                    messages, run = [], []
-                self._answer_one(item, kind, answer)
-            if run:
-                self._schedule_run(messages, run)
+            for step in steps(batch, out):
+                if isinstance(step, ScheduleRun):
+                    self._schedule_run(step.messages, step.answers)
+                else:
+                    self._answer_one(step.item, step.kind, step.answer)
         return out
 
-    def prepare_batch_windowed(self, batch: pb.SessionRequestBatch) -> _Prepared:
+    def prepare_batch_windowed(self, batch: pb.SessionRequestBatch) -> Prepared:
         """answer_batch with the batching window: each run of Schedules joins the window
         (with the other calls' and streams'); any other operation first closes the window
         if it holds Schedules (so nothing overtakes a stream's own Schedules), then runs.
         The answer is complete once every returned wait is done."""
         out = pb.SessionResponseBatch()
-        answers = out.responses
         waits: list[tuple[list[pb.SessionResponse], asyncio.Future[Any]]] = []
-        messages: list[pb.ScheduleRequest] = []
-        run: list[pb.SessionResponse] = []
-        for item in batch.requests:
-            kind = item.WhichOneof("operation")
-            answer = answers.add(correlation_id=item.correlation_id)
-            if kind == "schedule":
-                messages.append(item.schedule)
-                run.append(answer)
+        for step in steps(batch, out):
+            if isinstance(step, ScheduleRun):
+                outs = [a.schedule for a in step.answers]
+                waits.append((step.answers, self._join_window(step.messages, outs)))
                 continue
-            if run:
-                waits.append((run, self._join_window(messages, [a.schedule for a in run])))
-                messages, run = [], []
             if self._window:
                 self._close_window()
             with self.lock:
-                self._answer_one(item, kind, answer)
-        if run:
-            waits.append((run, self._join_window(messages, [a.schedule for a in run])))
-        return _Prepared(out, waits, self._fill_schedules)
+                self._answer_one(step.item, step.kind, step.answer)
+        return Prepared(out, waits, self._fill_schedules)
 
     def _schedule_run(
         self, messages: list[pb.ScheduleRequest], run: list[pb.SessionResponse]
@@ -465,7 +418,7 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
         for answer, result in zip(run, results, strict=True):
             if isinstance(result, ControllerError):
                 self.state.metrics.observe_rpc_error("Session.Schedule", result.code.name)
-                _answer_error(answer, "schedule", result)
+                answer_error(answer, "schedule", result)
 
     def _answer_one(self, item: pb.SessionRequest, kind: str | None, answer: Any) -> None:
         """One non-Schedule operation (caller holds the lock)."""
@@ -479,7 +432,7 @@ class TrafficControllerService(pb_grpc.TrafficControllerServicer):
             # Writes its result into the answer's field of the same name.
             self._call_locked(method, operation, getattr(item, kind), answer)
         except ControllerError as exc:
-            _answer_error(answer, kind, exc)
+            answer_error(answer, kind, exc)
 
     # ----- status -----
 
