@@ -271,7 +271,15 @@ def concurrent_loads(
     start = time.perf_counter()
     with ThreadPoolExecutor(len(parts)) as pool:
         futures = [
-            pool.submit(client.load, f"{prefix}-{i}", part, LAYOUT, path, endpoint, 0.5)
+            pool.submit(
+                client.load,
+                f"{prefix}-{i}",
+                part,
+                LAYOUT,
+                path,
+                decode_endpoint=endpoint,
+                de_read_fraction=0.5,
+            )
             for i, (part, (path, endpoint)) in enumerate(zip(parts, plan, strict=True))
         ]
         for f in futures:

@@ -318,6 +318,30 @@ def _code(exc: BaseException) -> str:
     return code().name if callable(code) else type(exc).__name__
 
 
+def _open_loop_result(
+    rec: _Recorder,
+    start: float,
+    offered_s: float,
+    sent: int,
+    completes_sent: int,
+    cpu_s: float,
+    api_stats: dict[str, object],
+) -> dict[str, object]:
+    """What an open-loop run reports, threaded or on one event loop alike."""
+    return {
+        "service": rec.service,
+        "from_planned": rec.from_planned,
+        "errors": rec.errors,
+        "error_examples": rec.examples,
+        "offered_s": offered_s,
+        "answered_s": (rec.last_answer - start) if rec.service else offered_s,
+        "sent": sent,
+        "completes_sent": completes_sent,
+        "client_cpu_s": cpu_s,
+        "api_stats": api_stats,
+    }
+
+
 def _open_loop(job: ClientJob) -> dict[str, object]:
     """Offer job.rate Schedules/s for job.seconds; Complete each hold_s after its answer."""
     n = int(job.rate * job.seconds)
@@ -375,18 +399,7 @@ def _open_loop(job: ClientJob) -> dict[str, object]:
     cpu_s = time.process_time() - cpu_started
     stats = api.stats()
     api.close()
-    return {
-        "service": rec.service,
-        "from_planned": rec.from_planned,
-        "errors": rec.errors,
-        "error_examples": rec.examples,
-        "offered_s": offered_s,
-        "answered_s": (rec.last_answer - start) if rec.service else offered_s,
-        "sent": n,
-        "completes_sent": completes_sent,
-        "client_cpu_s": cpu_s,
-        "api_stats": stats,
-    }
+    return _open_loop_result(rec, start, offered_s, n, completes_sent, cpu_s, stats)
 
 
 def _closed_loop(job: ClientJob) -> dict[str, object]:
@@ -500,24 +513,13 @@ async def _open_loop_async(job: ClientJob) -> dict[str, object]:
             await asyncio.sleep(0.005)
         cpu_s = time.process_time() - cpu_started
         messages, operations = session.batching()
-        stats = {
+        stats: dict[str, object] = {
             "streams": job.streams,
             "messages_sent": messages,
             "operations_sent": operations,
             "streams_opened": session.streams_opened,
         }
-    return {
-        "service": rec.service,
-        "from_planned": rec.from_planned,
-        "errors": rec.errors,
-        "error_examples": rec.examples,
-        "offered_s": offered_s,
-        "answered_s": (rec.last_answer - start) if rec.service else offered_s,
-        "sent": n,
-        "completes_sent": completes_sent,
-        "client_cpu_s": cpu_s,
-        "api_stats": stats,
-    }
+    return _open_loop_result(rec, start, offered_s, n, completes_sent, cpu_s, stats)
 
 
 def _client_proc(job: ClientJob) -> dict[str, object]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import grpc
 from dualpath.v1 import agent_pb2, agent_pb2_grpc, traffic_controller_pb2
@@ -42,6 +42,17 @@ _OPTIONS = [
     # to 120 s).
     *CHANNEL_OPTIONS,
 ]
+
+
+class LoadOptions(TypedDict, total=False):
+    """load_stream()'s optional arguments, which load() passes on (the defaults are
+    load_stream's)."""
+
+    decode_endpoint: str
+    de_read_fraction: float
+    missed_tokens: int
+    release_after_load: bool
+    keep_for_merge: bool
 
 
 class ReadPath(enum.IntEnum):
@@ -238,28 +249,15 @@ class AgentClient:
         blocks: Sequence[BlockLike],
         layout: BlockLayout,
         read_path: ReadPath,
-        decode_endpoint: str = "",
-        de_read_fraction: float = 0.5,
-        missed_tokens: int = 0,
-        release_after_load: bool = True,
-        keep_for_merge: bool = False,
+        *,
         on_layer: Callable[[agent_pb2.LoadProgress], None] | None = None,
+        **options: Unpack[LoadOptions],
     ) -> LoadResult:
         """Load a cached prefix; `on_layer` runs as each layer becomes usable (layer-wise
         prefill would compute on it while the next is in flight)."""
         layers_seen: list[int] = []
         final = None
-        for progress in self.load_stream(
-            request_id,
-            blocks,
-            layout,
-            read_path,
-            decode_endpoint,
-            de_read_fraction,
-            missed_tokens,
-            release_after_load,
-            keep_for_merge,
-        ):
+        for progress in self.load_stream(request_id, blocks, layout, read_path, **options):
             if progress.done:
                 final = progress
             else:

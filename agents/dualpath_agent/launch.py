@@ -8,13 +8,12 @@ agent only does when asked."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from dualpath_common import tls
-from dualpath_common.child import ReadyFileProcess
+from dualpath_common.child import ReadyFileProcess, cli_command, security_args
 
 from dualpath_agent.client import AgentClient
 
@@ -86,16 +85,7 @@ def start_agent(
     """`tls_dir`: serve mutual TLS with this identity directory (and use it in the handle's
     clients); None: plaintext (`--insecure`) unless extra_args choose."""
     workdir.mkdir(parents=True, exist_ok=True)
-    if tls_dir is not None:
-        security = ["--tls-dir", str(tls_dir)]
-    elif "--tls-dir" in extra_args or "--insecure" in extra_args:
-        security = []
-    else:
-        security = ["--insecure"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "dualpath_cli.main",
+    cmd = cli_command(
         "agent",
         "--node",
         node,
@@ -107,9 +97,9 @@ def start_agent(
         buffer_bytes,
         "--device-bytes",
         device_bytes,
-        *security,
+        *security_args(tls_dir, extra_args),
         *extra_args,
-    ]
+    )
     identity = tls.IdentityDir.load(tls_dir) if tls_dir is not None else None
     handle = AgentHandle(node, role, cmd, workdir / f"{node}.log", env, identity)
     return handle.start(timeout_s)

@@ -9,12 +9,29 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+
+def cli_command(subcommand: str, *args: str) -> list[str]:
+    """`dualpath <subcommand> <args>`, run by this interpreter (so the child sees the same
+    virtual environment as its parent)."""
+    return [sys.executable, "-m", "dualpath_cli.main", subcommand, *args]
+
+
+def security_args(tls_dir: Path | None, extra_args: Sequence[str]) -> list[str]:
+    """--tls-dir for `tls_dir`; without one, --insecure unless extra_args already choose: the
+    components serve plaintext only when asked."""
+    if tls_dir is not None:
+        return ["--tls-dir", str(tls_dir)]
+    if "--tls-dir" in extra_args or "--insecure" in extra_args:
+        return []
+    return ["--insecure"]
 
 
 def write_ready_file(path: Path, ready: Mapping[str, Any]) -> None:

@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -160,6 +161,15 @@ def _load_ca(ca: CertificateAuthority) -> tuple[x509.Certificate, ec.EllipticCur
     return cert, key
 
 
+class IssueOptions(TypedDict, total=False):
+    """issue()'s optional arguments, which issue_identity_dir() passes on (the defaults are
+    issue's)."""
+
+    dns_names: Sequence[str]
+    ips: Sequence[str]
+    valid_days: int
+
+
 def issue(
     ca: CertificateAuthority,
     role: str,
@@ -263,10 +273,8 @@ def issue_identity_dir(
     role: str,
     namespace: str,
     cluster: str,
-    dns_names: Sequence[str] = (),
-    ips: Sequence[str] = (),
-    valid_days: int = 30,
+    **options: Unpack[IssueOptions],
 ) -> Path:
     """issue() and write_identity_dir() in one step (local runs and tests)."""
-    cert, key = issue(ca, role, namespace, cluster, dns_names, ips, valid_days)
+    cert, key = issue(ca, role, namespace, cluster, **options)
     return write_identity_dir(directory, ca.cert_pem, cert, key)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import httpx
 
@@ -109,6 +109,15 @@ def load_credentials(kubeconfig: str | None = None) -> Credentials:
     return Credentials(host=cfg.host.rstrip("/"), ssl_context=ctx, authorization=authorization)
 
 
+class RequestOptions(TypedDict, total=False):
+    """request_with_status()'s optional arguments, which request() passes on (the defaults
+    are request_with_status's)."""
+
+    body: Obj | None
+    content_type: str
+    params: dict[str, str] | None
+
+
 class KubeClient:
     def __init__(self, credentials: Credentials, timeout: float = 30.0) -> None:
         self._creds = credentials
@@ -130,14 +139,9 @@ class KubeClient:
         self,
         method: str,
         path: str,
-        *,
-        body: Obj | None = None,
-        content_type: str = "application/json",
-        params: dict[str, str] | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Obj:
-        _, obj = await self.request_with_status(
-            method, path, body=body, content_type=content_type, params=params
-        )
+        _, obj = await self.request_with_status(method, path, **options)
         return obj
 
     async def request_with_status(

@@ -7,14 +7,13 @@ over. Use it as a context manager so the process is stopped even when the caller
 
 from __future__ import annotations
 
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dualpath_common.child import ReadyFileProcess
+from dualpath_common.child import ReadyFileProcess, cli_command
 
 
 class OperatorProcess(ReadyFileProcess):
@@ -30,10 +29,7 @@ class OperatorProcess(ReadyFileProcess):
     ) -> None:
         super().__init__([], log_path)
         scope = [arg for ns in namespaces for arg in ("--namespace", ns)]
-        self.args = [
-            sys.executable,
-            "-m",
-            "dualpath_cli.main",
+        self.args = cli_command(
             "operator",
             *scope,
             "--kubeconfig",
@@ -45,7 +41,7 @@ class OperatorProcess(ReadyFileProcess):
             "--ready-file",
             str(self.ready_file),
             *extra_args,
-        ]
+        )
         self.metrics_port = 0
 
     def on_ready(self, ready: dict[str, Any]) -> None:

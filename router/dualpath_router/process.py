@@ -11,12 +11,11 @@ identity directory; without it (and without --tls-dir in extra_args) the launche
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dualpath_common.child import ReadyFileProcess
+from dualpath_common.child import ReadyFileProcess, cli_command, security_args
 
 
 class RouterProcess(ReadyFileProcess):
@@ -36,10 +35,7 @@ class RouterProcess(ReadyFileProcess):
     ) -> None:
         """`engines`: `--engine` specs (id=...,role=...,url=...,node=...,agent=...)."""
         super().__init__([], log_path)
-        self.args = [
-            sys.executable,
-            "-m",
-            "dualpath_cli.main",
+        self.args = cli_command(
             "router",
             "--listen",
             listen,
@@ -52,15 +48,10 @@ class RouterProcess(ReadyFileProcess):
             "--ready-file",
             str(self.ready_file),
             "--json-logs",
-        ]
+        )
         for spec in engines:
             self.args += ["--engine", spec]
-        extra = list(extra_args)
-        if tls_dir is not None:
-            self.args += ["--tls-dir", str(tls_dir)]
-        elif "--tls-dir" not in extra and "--insecure" not in extra:
-            self.args.append("--insecure")
-        self.args += extra
+        self.args += [*security_args(tls_dir, extra_args), *extra_args]
         self.port = 0
 
     @property

@@ -5,20 +5,19 @@ back when a restarted agent reports again."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from dualpath_agent.blockhash import ChainedBlock, block_chain, root_hash
-from dualpath_agent.client import LoadResult, ReadPath, expected_region
+from dualpath_agent.client import expected_region
 from dualpath_agent.launch import AgentHandle, start_agent
 from dualpath_agent.layout import BlockLayout
 from dualpath_controller.client import ControllerClient
 from dualpath_controller.process import ControllerProcess
 
+from tests.support.background_load import BackgroundDeRead
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -70,34 +69,17 @@ def test_the_prefill_agent_falls_back_and_reports_the_dead_decode_agent(tmp_path
         )
         chain = chain_for(7, 64)
         de.client().seed_synthetic(chain, LAYOUT)
-        results: list[LoadResult] = []
-        errors: list[grpc.RpcError] = []
-
-        def load() -> None:
-            try:
-                results.append(
-                    pe.client().load(
-                        "r1",
-                        chain,
-                        LAYOUT,
-                        ReadPath.DE_READ,
-                        decode_endpoint=de.endpoint,
-                        release_after_load=False,
-                    )
-                )
-            except grpc.RpcError as exc:
-                errors.append(exc)
-
-        t = threading.Thread(target=load)
-        t.start()
+        load = BackgroundDeRead(
+            pe.client(), "r1", chain, LAYOUT, de.endpoint, release_after_load=False
+        )
         de_client = de.client()
         wait_for(
             "the slow read", lambda: de_client.stat().snic_inflight_bytes > 0, 20, lambda: None
         )
         de.kill()
-        t.join(60)
-        assert not t.is_alive() and not errors, errors and errors[0].details()
-        (result,) = results
+        ended = load.join(60)
+        assert ended and not load.errors, load.errors and load.errors[0].details()
+        (result,) = load.results
         assert result.fallback_blocks == len(chain) and de.endpoint in result.fallback_reason
         assert pe.client().read_region("r1") == expected_region(chain, LAYOUT)
         # Told by the prefill agent, not found out by the liveness timeout (a minute).

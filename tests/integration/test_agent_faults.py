@@ -18,10 +18,11 @@ import pytest
 from dualpath.v1 import agent_pb2
 from dualpath_agent import kvgen
 from dualpath_agent.blockhash import ChainedBlock, block_chain, root_hash
-from dualpath_agent.client import AgentClient, LoadResult, ReadPath, expected_region, layout_msg
+from dualpath_agent.client import AgentClient, ReadPath, expected_region, layout_msg
 from dualpath_agent.launch import AgentHandle, start_agent
 from dualpath_agent.layout import BlockLayout
 
+from tests.support.background_load import BackgroundDeRead
 from tests.support.metrics import sample_value
 from tests.support.wait import wait_for
 
@@ -269,36 +270,18 @@ def test_peers_dying_mid_transfer(pair, work):
         assert de_client.health().serving and de_client.stat().read_queue_length == 0
 
         pe = pair[0].client()
-        errors: list[grpc.RpcError] = []
-        results: list[LoadResult] = []
-
-        def victim_load() -> None:
-            try:
-                results.append(
-                    pe.load(
-                        "victim",
-                        chain,
-                        LAYOUT,
-                        ReadPath.DE_READ,
-                        decode_endpoint=slow.endpoint,
-                        release_after_load=False,
-                    )
-                )
-            except grpc.RpcError as exc:
-                errors.append(exc)
-
-        t = threading.Thread(target=victim_load)
-        t.start()
+        victim = BackgroundDeRead(
+            pe, "victim", chain, LAYOUT, slow.endpoint, release_after_load=False
+        )
         wait_for("slow read started", lambda: de_client.stat().snic_inflight_bytes > 0)
         slow.kill()
-        t.join(20)
-        assert not t.is_alive()
+        assert victim.join(20)
     finally:
         if pe_tmp is not None:
             pe_tmp.kill()
         slow.kill()
-    assert not errors, errors[0].details()
-    (result,) = results
+    assert not victim.errors, victim.errors[0].details()
+    (result,) = victim.results
     assert result.fallback_blocks == len(chain) and slow.endpoint in result.fallback_reason
     assert result.blocks_verified == len(chain)
     assert pe.read_region("victim") == expected_region(chain, LAYOUT)
@@ -440,39 +423,23 @@ def test_graceful_shutdown_finishes_in_flight_transfers(pair, work):
     chain = chain_for(90, 32)  # ~8 MB at 10 MB/s
     pair[1].client().seed_synthetic(chain, LAYOUT)
     slow = _slow_decode(work, "de-graceful")
-    results: list[object] = []
-
-    def load() -> None:
-        try:
-            results.append(
-                pe.load(
-                    "graceful",
-                    chain,
-                    LAYOUT,
-                    ReadPath.DE_READ,
-                    decode_endpoint=slow.endpoint,
-                    release_after_load=False,
-                )
-            )
-        except grpc.RpcError as exc:
-            results.append(exc)
-
     try:
         client = slow.client()
         assert client.stat().snic_read_bytes_per_s == pytest.approx(10e6)
         started = time.monotonic()
-        t = threading.Thread(target=load)
-        t.start()
+        load = BackgroundDeRead(
+            pe, "graceful", chain, LAYOUT, slow.endpoint, release_after_load=False
+        )
         wait_for("read started", lambda: client.stat().snic_inflight_bytes > 0)
         stat = client.stat()  # the node's storage read queue, as reported to the controller
         assert stat.read_queue_length == 1 and 0 < stat.read_queue_bytes <= 32 * BLOCK_FILE
         assert 0 < stat.read_queue_tokens <= 32 * 64
         assert slow.stop(grace_s=20) == 0  # SIGTERM: finishes the transfer, then exits 0
-        t.join(20)
+        load.join(20)
     finally:
         slow.kill()
     assert time.monotonic() - started > 0.5  # 8.4 MB at 10 MB/s: the cap paces the read
-    assert results and not isinstance(results[0], grpc.RpcError), results
+    assert load.results and not load.errors, load.errors
     assert pe.read_region("graceful") == expected_region(chain, LAYOUT)
     pe.release("graceful")
 
@@ -484,28 +451,16 @@ def test_shutdown_past_the_grace_period_cancels_and_the_prefill_side_falls_back(
     chain = chain_for(91, 64)
     pair[1].client().seed_synthetic(chain, LAYOUT)
     slow = _slow_decode(work, "de-impatient", ("--grace-seconds", "0.3"))
-    errors: list[grpc.RpcError] = []
-    results: list[LoadResult] = []
-
-    def load() -> None:
-        try:
-            results.append(
-                pe.load("cut", chain, LAYOUT, ReadPath.DE_READ, decode_endpoint=slow.endpoint)
-            )
-        except grpc.RpcError as exc:
-            errors.append(exc)
-
     try:
-        t = threading.Thread(target=load)
-        t.start()
+        load = BackgroundDeRead(pe, "cut", chain, LAYOUT, slow.endpoint)
         client = slow.client()
         wait_for("read started", lambda: client.stat().snic_inflight_bytes > 0)
         started = time.monotonic()
         assert slow.stop(grace_s=20) == 0
         assert time.monotonic() - started < 8
-        t.join(20)
+        load.join(20)
     finally:
         slow.kill()
-    assert not errors, errors[0].details()
-    assert results[0].fallback_blocks == len(chain) and results[0].fallback_reason
+    assert not load.errors, load.errors[0].details()
+    assert load.results[0].fallback_blocks == len(chain) and load.results[0].fallback_reason
     wait_for("prefill buffers freed", lambda: buffers_whole(pe), 15)

@@ -157,7 +157,8 @@ def _check_reports(endpoint: str, tmp_path) -> None:  # type: ignore[no-untyped-
         try:
             t = threading.Thread(
                 target=peer.client().load,
-                args=("reported", chain, LAYOUT, ReadPath.DE_READ, agent.endpoint),
+                args=("reported", chain, LAYOUT, ReadPath.DE_READ),
+                kwargs={"decode_endpoint": agent.endpoint},
             )
             t.start()
 

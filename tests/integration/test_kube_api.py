@@ -7,57 +7,29 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.support.crds import install_crd, simple_crd
 from tests.support.wait import wait_for
 
-CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "widgets.testbed.dualpath.io"},
-    "spec": {
-        "group": "testbed.dualpath.io",
-        "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
-        "scope": "Namespaced",
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {
-                            "spec": {
-                                "type": "object",
-                                "required": ["size"],
-                                "properties": {"size": {"type": "integer", "minimum": 1}},
-                            }
-                        },
-                    }
-                },
+CRD = simple_crd(
+    "testbed.dualpath.io",
+    "widgets",
+    "Widget",
+    schema={
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "required": ["size"],
+                "properties": {"size": {"type": "integer", "minimum": 1}},
             }
-        ],
+        },
     },
-}
-
-
-def _wait_established(ext: client.ApiextensionsV1Api, name: str) -> None:
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition(name)
-        conds = {c.type: c.status for c in (crd.status.conditions or [])}
-        return conds.get("Established") == "True"
-
-    wait_for(f"CRD {name} established", established, 30)
+)
 
 
 def test_crd_object_round_trip_and_schema_validation(kube, namespace):
     api = kube.api_client()
-    ext = client.ApiextensionsV1Api(api)
-    try:
-        ext.create_custom_resource_definition(CRD)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-    _wait_established(ext, CRD["metadata"]["name"])
+    install_crd(client.ApiextensionsV1Api(api), CRD)
     co = client.CustomObjectsApi(api)
     body = {
         "apiVersion": "testbed.dualpath.io/v1",

@@ -28,6 +28,7 @@ from dualpath_operator.process import OperatorProcess
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.support.crds import install_crd, simple_crd
 from tests.support.metrics import sample_value
 from tests.support.wait import wait_for
 
@@ -70,56 +71,6 @@ class Operator(OperatorProcess):
     def metric(self, name: str, labels: str = "") -> float:
         """The series' value; raises when the metric is not exported (renamed: not 0)."""
         return sample_value(self.get("/metrics")[1], name, labels)
-
-
-def install_crd(ext: client.ApiextensionsV1Api, body: dict[str, Any]) -> None:
-    name = body["metadata"]["name"]
-    try:
-        ext.create_custom_resource_definition(body)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        current = ext.read_custom_resource_definition(name)
-        body = {
-            **body,
-            "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version},
-        }
-        ext.replace_custom_resource_definition(name, body)
-
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition(name)
-        return any(
-            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
-        )
-
-    wait_for(f"CRD {name} established", established, timeout=30)
-
-
-def simple_crd(group: str, plural: str, kind: str) -> dict[str, Any]:
-    """A minimal stand-in for an add-on's CRD (Multus, Prometheus Operator)."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{group}"},
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
 
 
 class Cluster:

@@ -35,11 +35,10 @@ from tests.integration.test_operator_cluster import (
     VERSION,
     Cluster,
     Operator,
-    install_crd,
     least_privilege_kubeconfig,
-    simple_crd,
     tear_down,
 )
+from tests.support.crds import install_crd, simple_crd
 from tests.support.wait import wait_for
 
 ROLES = ("agent", "controller", "router", "engine")

@@ -7,10 +7,14 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from types import FrameType
+from typing import TypeVar
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+T = TypeVar("T")
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
@@ -38,3 +42,15 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def run_until_stopped(stack: AbstractContextManager[T], announce: Callable[[T], None]) -> int:
+    """A script's main: start `stack`, `announce` it (what a shell evaluates to use it), and
+    keep it up until SIGINT or SIGTERM stops it; the exit status."""
+    try:
+        with stack as started:
+            announce(started)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0

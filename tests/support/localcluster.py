@@ -86,7 +86,7 @@ from tests.support.cluster_host import (
     run,
     write_sysctl,
 )
-from tests.support.interrupts import stop_on_signals
+from tests.support.interrupts import run_until_stopped, stop_on_signals
 from tests.support.wait import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -571,15 +571,13 @@ def build_images() -> dict[str, dict[str, str]]:
 
 def main() -> int:
     imgs = build_images()
-    try:
-        with local_cluster(Path(imgs["pause"]["archive"])) as c:
-            c.load_image(Path(imgs["dualpath"]["archive"]))
-            print(f"export KUBECONFIG={c.kubeconfig}", flush=True)
-            print(f"# image: {imgs['dualpath']['ref']}", flush=True)
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
+
+    def announce(c: LocalCluster) -> None:
+        c.load_image(Path(imgs["dualpath"]["archive"]))
+        print(f"export KUBECONFIG={c.kubeconfig}", flush=True)
+        print(f"# image: {imgs['dualpath']['ref']}", flush=True)
+
+    return run_until_stopped(local_cluster(Path(imgs["pause"]["archive"])), announce)
 
 
 if __name__ == "__main__":

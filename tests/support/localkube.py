@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.interrupts import stop_on_signals
+from tests.support.interrupts import run_until_stopped, stop_on_signals
 from tests.support.wait import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -237,15 +237,12 @@ def local_control_plane(workdir: Path | None = None) -> Iterator[LocalControlPla
 
 
 def main() -> int:
-    try:
-        with local_control_plane() as cp:
-            print(f"export KUBECONFIG={cp.kubeconfig}", flush=True)
-            # For scripts and tests: which processes and directory are ours to check.
-            print("# " + json.dumps({"workdir": str(cp.workdir), "pids": cp.pids()}), flush=True)
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
+    def announce(cp: LocalControlPlane) -> None:
+        print(f"export KUBECONFIG={cp.kubeconfig}", flush=True)
+        # For scripts and tests: which processes and directory are ours to check.
+        print("# " + json.dumps({"workdir": str(cp.workdir), "pids": cp.pids()}), flush=True)
+
+    return run_until_stopped(local_control_plane(), announce)
 
 
 if __name__ == "__main__":
