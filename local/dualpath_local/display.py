@@ -143,8 +143,8 @@ def fault_lines(results: Sequence[PhaseResult]) -> list[str]:
         lines.append(
             f"{r.policy} faults: {len(r.errors)} turns failed, {r.fallbacks} loads fell back to "
             f"the prefill node's own storage, {r.retries} turn attempts played again, "
-            f"{r.failures_reported} agent failures reported to the controller, {r.restarts} "
-            "processes restarted by the supervisor"
+            f"{r.failures_reported} agent failures reported to the controller, processes "
+            f"restarted by the supervisor: {r.restarts}"
         )
         for c in r.chaos:
             down = c.get("down_s")
