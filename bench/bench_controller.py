@@ -25,6 +25,8 @@ Targets (issue 4): >= 20,000 decisions/s in-process on one core; p99 < 2 ms over
     ... --server-pythonpath DIR      # A/B: another dualpath_controller for the controller only
     ... --profile-server FILE        # cProfile of the controller's event-loop thread
     ... --batch-window-ms 1          # the controller's batching window
+
+What gRPC alone costs per request (the floor under that target): bench/bench_controller_aio.py.
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
-"""grpc.aio or a thread pool for the controller's gRPC server? Measured side by side.
+"""grpc.aio or a thread pool for the controller's gRPC server? And what does gRPC itself
+cost? Measured side by side.
 
 One controller process serves the same state (same ControllerState, same lock, same
 operations) twice: on `ControllerServer` (grpc.aio, what `dualpath controller` runs) and on
 a threaded `grpc.server` on a second port (the controller's former design: handlers on a
-ThreadPoolExecutor, Session as a blocking generator). Client processes offer the same
-open-loop load to each, alternating, and the server's CPU per request is taken from /proc
-for each run (only one port is busy at a time).
+ThreadPoolExecutor, Session as a blocking generator). A third port, `floor`, is a grpc.aio
+Session that answers every operation with an empty result and touches no state: the floor
+that gRPC and asyncio set for any Python server of this API. Client processes offer the same
+open-loop load to each, in turn, and the server's CPU per request is taken from /proc for
+each run (only one port is busy at a time).
 
     python bench/bench_controller_aio.py --json out.json          # Session, ~2 minutes
     python bench/bench_controller_aio.py --api unary --rate 1000   # unary calls
@@ -14,8 +17,10 @@ for each run (only one port is busy at a time).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
+import queue
 import signal
 import sys
 import threading
@@ -28,8 +33,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_controller as bc
 import grpc
+from dualpath.v1 import traffic_controller_pb2 as pb
 from dualpath.v1 import traffic_controller_pb2_grpc as pb_grpc
 from dualpath_common.child import ReadyFileProcess, write_ready_file
+
+
+class Floor(pb_grpc.TrafficControllerServicer):
+    """Session answered at once with empty results: gRPC's and asyncio's share of a request."""
+
+    async def Session(self, request_iterator: Any, context: Any) -> None:
+        while (batch := await context.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
+            out = pb.SessionResponseBatch()
+            for item in batch.requests:
+                answer = out.responses.add(correlation_id=item.correlation_id)
+                getattr(answer, item.WhichOneof("operation")).SetInParent()
+            await context.write(out)
+
+
+def serve_floor() -> int:
+    """The floor server on its own event loop thread; returns its port."""
+    ready: queue.Queue[int] = queue.Queue()
+
+    async def run() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_TrafficControllerServicer_to_server(Floor(), server)
+        ready.put(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        await server.wait_for_termination()
+
+    threading.Thread(target=asyncio.run, args=(run(),), daemon=True, name="floor").start()
+    return ready.get(timeout=30)
 
 
 def serve(ready_file: Path) -> None:
@@ -75,13 +108,22 @@ def serve(ready_file: Path) -> None:
     gc.collect()
     gc.freeze()  # as `dualpath controller` does
     assert server.observability is not None
-    info = {"aio": port, "threaded": threaded_port, "metrics": server.observability.port}
+    floor_port = serve_floor()
+    info = {
+        "aio": port,
+        "threaded": threaded_port,
+        "floor": floor_port,
+        "metrics": server.observability.port,
+    }
     write_ready_file(ready_file, info)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
     threaded.stop(0)
     server.stop(0)
+
+
+SERVERS = ("threaded", "aio", "floor")
 
 
 class ABServer(ReadyFileProcess):
@@ -107,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=1, help="per client process")
     parser.add_argument("--repeats", type=int, default=3, help="runs per server, alternating")
     parser.add_argument("--api", choices=["session", "unary"], default="session")
+    parser.add_argument(
+        "--servers",
+        nargs="*",
+        choices=SERVERS,
+        default=list(SERVERS),
+        help="which ports to load (floor: Session only)",
+    )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -122,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         with ctx.Pool(args.client_procs) as pool:
             pool.map(abs, range(args.client_procs))  # start the clients untimed
             for repeat in range(args.repeats):
-                order = ["threaded", "aio"] if repeat % 2 == 0 else ["aio", "threaded"]
+                servers = [s for s in args.servers if args.api == "session" or s != "floor"]
+                order = servers if repeat % 2 == 0 else servers[::-1]
                 for server in order:
                     r = bc.bench_grpc_run(
                         args.api,
@@ -146,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ab.stop(grace_s=10)
     summary = {}
-    for server in ("threaded", "aio"):
+    for server in SERVERS:
         mine = [r for r in runs if r["server"] == server]
+        if not mine:
+            continue
         cpu = sorted(r["server_cpu_us_per_request"] for r in mine)
         p99 = sorted(r["p99_ms"] for r in mine)
         summary[server] = {"server_cpu_us_per_request_median": cpu[len(cpu) // 2], "p99_ms": p99}
