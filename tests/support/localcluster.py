@@ -557,13 +557,15 @@ def local_cluster(pause_archive: Path, workdir: Path | None = None) -> Iterator[
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_images() -> dict[str, dict[str, str]]:
-    """Run hack/image-build.sh (cached); returns {"dualpath": {ref, archive}, "pause": ...}."""
+def build_images(engine: bool = False) -> dict[str, dict[str, str]]:
+    """Run hack/image-build.sh (cached); returns {"dualpath": {ref, archive}, "pause": ...},
+    and "engine" with `engine` (vLLM's CPU build + the connector: minutes the first time)."""
     out = subprocess.run(
         ["bash", str(REPO / "hack" / "image-build.sh")],
         check=True,
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, "DUALPATH_IMAGE_ENGINE": "1" if engine else "0"},
     )
     images: dict[str, dict[str, str]] = json.loads(out.stdout.strip().splitlines()[-1])
     return images
