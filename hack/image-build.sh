@@ -95,6 +95,27 @@ prune_other_tags() { # NAME KEEP_TAG: drop older cached versions of one image
   done
 }
 
+# CONTAINER NAME TAG REF ARCHIVE REVISION [buildah config args]: the runtime settings every
+# image shares (venv on PATH, non-root user, home), committed as NAME:TAG and exported as an
+# OCI archive for REF. Unchanged layers reuse their cached compressed blobs: only the new
+# top layer is compressed.
+publish() {
+  local c=$1 name=$2 tag=$3 ref=$4 archive=$5 revision=$6
+  shift 6
+  buildah config \
+    --env PATH=$VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --env PYTHONUNBUFFERED=1 --env HOME=/home/dualpath \
+    --user "$APP_UID:$APP_UID" --workingdir /home/dualpath --cmd '["--help"]' \
+    --label org.opencontainers.image.revision="$revision" \
+    --label org.opencontainers.image.source=https://github.com/dualpath/dualpath \
+    "$@" "$c"
+  buildah commit --quiet --rm "$c" "$name:$tag" >/dev/null
+  containers=()
+  buildah push --quiet "$name:$tag" "oci-archive:$archive.tmp:$ref" >&2
+  mv "$archive.tmp" "$archive"
+  prune_other_tags "$name" "$tag"
+}
+
 # --- base: Debian minbase + Python -----------------------------------------------------
 BASE_PACKAGES=$(grep -v '^#' hack/image/base-packages.txt | xargs | tr ' ' ',')
 BASE_KEY=$(printf '%s\n' v1 "$SUITE" "$MIRROR" "$BASE_PACKAGES" | sha)
@@ -176,23 +197,11 @@ if [ ! -s "$ARCHIVE" ]; then
     rm /tmp/*.whl
     $VENV/bin/dualpath --help >/dev/null"
   version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-  buildah config \
-    --env PATH=$VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --env PYTHONUNBUFFERED=1 --env HOME=/home/dualpath \
-    --user "$APP_UID:$APP_UID" --workingdir /home/dualpath \
-    --entrypoint '["dualpath"]' --cmd '["--help"]' \
-    --label org.opencontainers.image.title=dualpath \
-    --label org.opencontainers.image.version="$version" \
-    --label org.opencontainers.image.revision="$APP_KEY" \
-    --label org.opencontainers.image.source=https://github.com/dualpath/dualpath \
-    "$c"
-  buildah commit --quiet --rm "$c" "localhost/dualpath:$TAG" >/dev/null
-  containers=()
   log "exporting $APP_REF"
-  # Unchanged layers reuse their cached compressed blobs: only the app layer is compressed.
-  buildah push --quiet "localhost/dualpath:$TAG" "oci-archive:$ARCHIVE.tmp:$APP_REF" >&2
-  mv "$ARCHIVE.tmp" "$ARCHIVE"
-  prune_other_tags localhost/dualpath "$TAG"
+  publish "$c" localhost/dualpath "$TAG" "$APP_REF" "$ARCHIVE" "$APP_KEY" \
+    --entrypoint '["dualpath"]' \
+    --label org.opencontainers.image.title=dualpath \
+    --label org.opencontainers.image.version="$version"
   # Keep the two newest app archives (a rerun of the previous commit stays fast).
   ls -1t "$CACHE"/dualpath-dev-*.oci.tar 2>/dev/null | tail -n +3 | xargs -r rm -f
 fi
@@ -247,22 +256,11 @@ if [ "${DUALPATH_IMAGE_ENGINE:-0}" = 1 ]; then
       $VENV/bin/pip install --no-cache-dir --quiet --disable-pip-version-check --no-deps --no-index /tmp/$(basename "$wheel")
       rm /tmp/*.whl
       $VENV/bin/python -c 'import vllm, nixl._api, dualpath_vllm, dualpath_agent.client'"
-    buildah config \
-      --env PATH=$VENV/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-      --env PYTHONUNBUFFERED=1 --env HOME=/home/dualpath --env VLLM_TARGET_DEVICE=cpu \
-      --user "$APP_UID:$APP_UID" --workingdir /home/dualpath \
-      --entrypoint '["python", "-m", "vllm.entrypoints.openai.api_server"]' --cmd '["--help"]' \
-      --label org.opencontainers.image.title=dualpath-engine \
-      --label org.opencontainers.image.revision="$ENGINE_KEY" \
-      --label org.opencontainers.image.source=https://github.com/dualpath/dualpath \
-      "$c"
-    buildah commit --quiet --rm "$c" "localhost/dualpath-engine:$ENGINE_TAG" >/dev/null
-    containers=()
     log "exporting $ENGINE_REF (about 2 min: the vLLM layer is compressed once, then reused)"
-    buildah push --quiet "localhost/dualpath-engine:$ENGINE_TAG" \
-      "oci-archive:$ENGINE_ARCHIVE.tmp:$ENGINE_REF" >&2
-    mv "$ENGINE_ARCHIVE.tmp" "$ENGINE_ARCHIVE"
-    prune_other_tags localhost/dualpath-engine "$ENGINE_TAG"
+    publish "$c" localhost/dualpath-engine "$ENGINE_TAG" "$ENGINE_REF" "$ENGINE_ARCHIVE" \
+      "$ENGINE_KEY" \
+      --entrypoint '["python", "-m", "vllm.entrypoints.openai.api_server"]' \
+      --label org.opencontainers.image.title=dualpath-engine --env VLLM_TARGET_DEVICE=cpu
     ls -1t "$CACHE"/engine-dev-*.oci.tar 2>/dev/null | tail -n +3 | xargs -r rm -f
   fi
   ENGINE_JSON=$(printf ', "engine": {"ref": "%s", "archive": "%s"}' "$ENGINE_REF" "$ENGINE_ARCHIVE")
