@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from dualpath_router.config import RouterConfig
 from dualpath_router.engines import EnginePool
+from dualpath_router.engines_file import EnginesFileWatcher
 from dualpath_router.errors import RouterError
 from dualpath_router.metrics import RouterMetrics
 from dualpath_router.openai_models import Endpoint
@@ -50,6 +51,7 @@ class Runtime:
         self.config = config
         self.metrics = metrics or RouterMetrics()
         self._proxy: Proxy | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def proxy(self) -> Proxy:
@@ -87,6 +89,16 @@ class Runtime:
         )
         self._proxy = Proxy(config, self.pool, self.session, self.prefix, self.metrics)
         self.pool.start()
+        if config.engines_file is not None:
+            watcher = EnginesFileWatcher(
+                config.engines_file,
+                config.fixed_engines,
+                self.pool,
+                self.prefix,
+                self.metrics,
+                config.engines_file_poll_s,
+            )
+            self._watch = asyncio.create_task(watcher.run(), name="engines-file")
         log.info(
             "router started",
             extra={
@@ -99,6 +111,9 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         await self.pool.close()
         await self.proxy.drain()
         await self.session.close()

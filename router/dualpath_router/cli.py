@@ -61,7 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "agent=HOST:PORT[,hbm_tokens=N][,group=G]",
     )
     parser.add_argument(
-        "--engines-file", type=Path, help="YAML/JSON list of engines (same keys as --engine)"
+        "--engines-file",
+        type=Path,
+        help="YAML/JSON list of engines (same keys as --engine), read again when it changes:"
+        " engines added are fronted, engines removed are let go (a mounted ConfigMap)",
     )
     parser.add_argument("--block-tokens", type=int, default=64, help="tokens per KV block")
     parser.add_argument(

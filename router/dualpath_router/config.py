@@ -4,6 +4,11 @@ An engine is given on the command line as `--engine id=prefill-0,role=prefill,
 url=http://127.0.0.1:8001,node=node-0,agent=127.0.0.1:7001[,hbm_tokens=N][,group=G]` or in
 a YAML/JSON file (`--engines-file`) holding a list of mappings with the same keys. Every
 error names the engine and the field, so a bad deployment fails at start, not per request.
+
+The engines file is read again whenever it changes (a mounted ConfigMap is updated in
+place): engines added to it are fronted, engines removed from it are let go, and a file that
+does not validate changes nothing (engines_file.py). With a file, the router may start with
+no engine of a role: it is not ready until one is up.
 """
 
 from __future__ import annotations
@@ -73,6 +78,11 @@ class RouterConfig(BaseModel):
     tls_dir: Path | None = None
     insecure: bool = False
     engines: tuple[EngineSpec, ...]
+    # Watched for changes (engines_file.py); `engines` holds what it said at start, after
+    # the command line's `--engine`s (`fixed_engines`, which a file change keeps).
+    engines_file: Path | None = None
+    fixed_engines: tuple[EngineSpec, ...] = ()
+    engines_file_poll_s: float = Field(default=2.0, gt=0)
     block_tokens: int = Field(default=64, gt=0)
     hash_namespace: str = Field(min_length=1)
     # KV bytes per token of the model, all layers. The default is the tiny test model's:
@@ -102,13 +112,11 @@ class RouterConfig(BaseModel):
 
     @model_validator(mode="after")
     def _engines(self) -> RouterConfig:
-        ids = [e.id for e in self.engines]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ValueError(f"engines: duplicate engine id(s) {duplicates}")
-        for role in ("prefill", "decode"):
-            if not any(e.role == role for e in self.engines):
-                raise ValueError(f"engines: at least one {role} engine is needed")
+        check_unique_ids(self.engines)
+        if self.engines_file is None:  # with a file, engines may come later
+            for role in ("prefill", "decode"):
+                if not any(e.role == role for e in self.engines):
+                    raise ValueError(f"engines: at least one {role} engine is needed")
         return self
 
     @model_validator(mode="after")
@@ -170,12 +178,38 @@ def parse_engine_arg(text: str) -> dict[str, str]:
     return fields
 
 
-def load_engines_file(path: Path) -> list[dict[str, Any]]:
+def check_unique_ids(engines: Sequence[EngineSpec]) -> None:
+    ids = [e.id for e in engines]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"engines: duplicate engine id(s) {duplicates}")
+
+
+def validate_engines(sources: Sequence[tuple[str, dict[str, Any]]]) -> tuple[EngineSpec, ...]:
+    """(where, raw mapping) pairs into EngineSpecs; ConfigError naming the source and field."""
+    engines = []
+    for where, raw in sources:
+        try:
+            engines.append(EngineSpec.model_validate(raw))
+        except ValidationError as exc:
+            raise ConfigError(f"{where}: {describe_errors(exc)}") from None
+    return tuple(engines)
+
+
+def engines_from_file(path: Path, text: str | None = None) -> tuple[EngineSpec, ...]:
+    """The engines of an engines file (`text`: its content, already read)."""
+    entries = load_engines_file(path, text)
+    return validate_engines([(f"--engines-file {path} [{i}]", e) for i, e in enumerate(entries)])
+
+
+def load_engines_file(path: Path, text: str | None = None) -> list[dict[str, Any]]:
     """A YAML or JSON file: a list of engine mappings (or a mapping with `engines:`)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text() if text is None else text)
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"--engines-file {path}: {exc}") from exc
+    if data is None:  # an empty file: no engines (yet)
+        data = []
     if isinstance(data, dict) and set(data) == {"engines"}:
         data = data["engines"]
     if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
@@ -190,23 +224,13 @@ def build_config(
     **settings: Any,
 ) -> RouterConfig:
     """Validate everything; raises ConfigError naming the bad flag, engine and field."""
-    sources: list[tuple[str, dict[str, Any]]] = [
-        (f"--engine {a!r}", parse_engine_arg(a)) for a in engine_args
-    ]
-    if engines_file is not None:
-        sources += [
-            (f"--engines-file {engines_file} [{i}]", e)
-            for i, e in enumerate(load_engines_file(engines_file))
-        ]
-    if not sources:
+    if not engine_args and engines_file is None:
         raise ConfigError("no engines: give --engine (repeatable) or --engines-file")
-    engines = []
-    for where, raw in sources:
-        try:
-            engines.append(EngineSpec.model_validate(raw))
-        except ValidationError as exc:
-            raise ConfigError(f"{where}: {describe_errors(exc)}") from None
+    fixed = validate_engines([(f"--engine {a!r}", parse_engine_arg(a)) for a in engine_args])
+    engines = fixed + (engines_from_file(engines_file) if engines_file is not None else ())
     try:
-        return RouterConfig(engines=tuple(engines), **settings)
+        return RouterConfig(
+            engines=engines, engines_file=engines_file, fixed_engines=fixed, **settings
+        )
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc)) from None

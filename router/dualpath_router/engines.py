@@ -17,9 +17,10 @@ report replaces what the controller booked, so it never reports fewer than those
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -191,7 +192,9 @@ class EngineMonitor:
 
 
 class EnginePool:
-    """All engines: one HTTP connection pool, their states and monitors."""
+    """All engines: one HTTP connection pool, their states and monitors. The set can change
+    while serving (`apply`, from the engines file): an engine let go is deregistered at the
+    controller at once (no new work) and its state kept until its routed requests finish."""
 
     def __init__(
         self,
@@ -202,48 +205,114 @@ class EnginePool:
         identity: tls.IdentityDir | None = None,
     ) -> None:
         self.config = config
+        self.controller = controller
+        self.executor = executor
+        self.metrics = metrics
+        self.identity = identity
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 config.engine_read_timeout_s, connect=config.engine_connect_timeout_s
             ),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
-        self.states = {spec.id: EngineState(spec) for spec in config.engines}
-        self._agents = {
-            ep: AgentClient(ep, config.agent_timeout_s, identity=identity)
-            for ep in dict.fromkeys(spec.agent for spec in config.engines)
-        }
-        self.monitors = [
-            EngineMonitor(
-                state,
-                httpx.AsyncClient(timeout=httpx.Timeout(config.poll_interval_s + 2.0)),
-                controller,
-                self._agents[state.spec.agent],
-                executor,
-                metrics,
-                config.poll_interval_s,
-            )
-            for state in self.states.values()
-        ]
-        self._tasks: list[asyncio.Task[None]] = []
+        self.states: dict[str, EngineState] = {}
+        # Let go but still answering requests routed to them before.
+        self.retiring: dict[str, EngineState] = {}
+        self.monitors: dict[str, EngineMonitor] = {}
+        self._agents: dict[str, AgentClient] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+        for spec in config.engines:
+            self._add(spec)
+
+    def _agent(self, endpoint: str) -> AgentClient:
+        client = self._agents.get(endpoint)
+        if client is None:
+            client = AgentClient(endpoint, self.config.agent_timeout_s, identity=self.identity)
+            self._agents[endpoint] = client
+        return client
+
+    def _add(self, spec: EngineSpec) -> None:
+        state = EngineState(spec)
+        monitor = EngineMonitor(
+            state,
+            httpx.AsyncClient(timeout=httpx.Timeout(self.config.poll_interval_s + 2.0)),
+            self.controller,
+            self._agent(spec.agent),
+            self.executor,
+            self.metrics,
+            self.config.poll_interval_s,
+        )
+        self.states[spec.id] = state
+        self.monitors[spec.id] = monitor
+        if self._started:
+            self._start_monitor(spec.id)
+
+    def _start_monitor(self, engine_id: str) -> None:
+        monitor = self.monitors[engine_id]
+        self._tasks[engine_id] = asyncio.create_task(monitor.run(), name=f"monitor-{engine_id}")
+
+    async def _let_go(self, engine_id: str) -> None:
+        task = self._tasks.pop(engine_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        monitor = self.monitors.pop(engine_id)
+        await monitor.http.aclose()
+        state = self.states.pop(engine_id)
+        state.up, state.problem = False, "no longer in the engines file"
+        with contextlib.suppress(KeyError):  # never polled: no series to remove
+            self.metrics.engine_up.remove(engine_id, state.spec.role)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self._deregister, engine_id)
+        if state.routed_requests > 0:
+            self.retiring[engine_id] = state
+        in_use = {s.spec.agent for s in self.states.values()}
+        for endpoint in [e for e in self._agents if e not in in_use]:
+            self._agents.pop(endpoint).close()
+
+    def _deregister(self, engine_id: str) -> None:
+        """The controller stops choosing it now; if it cannot be told, the liveness timeout
+        drains it (no more reports come)."""
+        try:
+            self.controller.deregister_engine(engine_id)
+        except grpc.RpcError as exc:
+            if exc.code() is not grpc.StatusCode.NOT_FOUND:
+                self.metrics.controller_errors.labels("deregister", exc.code().name).inc()
+                log.warning(
+                    "engine not deregistered: the controller drains it after its liveness timeout",
+                    extra={"engine": engine_id, "code": exc.code().name},
+                )
+
+    async def apply(self, specs: Sequence[EngineSpec]) -> tuple[list[str], list[str]]:
+        """Front exactly `specs`; returns the engine ids added and let go (an engine whose
+        spec changed is both: let go, then added as it is now)."""
+        wanted = {spec.id: spec for spec in specs}
+        gone = [i for i, state in self.states.items() if wanted.get(i) != state.spec]
+        for engine_id in gone:
+            await self._let_go(engine_id)
+        added = [i for i in wanted if i not in self.states]
+        for engine_id in added:
+            self._add(wanted[engine_id])
+        return added, gone
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(m.run(), name=f"monitor-{m.state.spec.id}") for m in self.monitors
-        ]
+        self._started = True
+        for engine_id in self.monitors:
+            self._start_monitor(engine_id)
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for monitor in self.monitors:
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        for monitor in self.monitors.values():
             await monitor.http.aclose()
         await self.http.aclose()
         for agent in self._agents.values():
             agent.close()
 
     def get(self, engine_id: str) -> EngineState | None:
-        return self.states.get(engine_id)
+        return self.states.get(engine_id) or self.retiring.get(engine_id)
 
     def up(self) -> Iterator[EngineState]:
         return (s for s in self.states.values() if s.up)
@@ -251,7 +320,9 @@ class EnginePool:
     def add_routed(self, engine_id: str, tokens: int, requests: int = 1) -> None:
         """Count (or, with negative numbers, uncount) a request the router sent to an
         engine and that has not finished there yet."""
-        state = self.states.get(engine_id)
+        state = self.get(engine_id)
         if state is not None:
             state.routed_requests += requests
             state.routed_tokens += tokens
+            if state.routed_requests <= 0 and self.retiring.get(engine_id) is state:
+                del self.retiring[engine_id]  # its last request finished

@@ -75,6 +75,12 @@ class RouterMetrics:
             "Requests scheduled at the controller and not yet completed or cancelled",
             registry=self.registry,
         )
+        self.engines_file_reloads = Counter(
+            "dualpath_router_engines_file_reloads_total",
+            "Changes of --engines-file read: applied, or invalid (engines left as they were)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.engine_up = Gauge(
             "dualpath_router_engine_up",
             "1 when the engine's last metrics poll succeeded",

@@ -41,20 +41,31 @@ class PrefixLookup:
         timeout_s: float = 2.0,
         identity: tls.IdentityDir | None = None,
     ) -> None:
-        if not agent_endpoints:
-            raise ValueError("no agent endpoints to look prefixes up at")
         self.block_tokens = block_tokens
         self.hash_namespace = hash_namespace
         self.root = root_hash(hash_namespace)
         self.executor = executor
         self.metrics = metrics
+        self.timeout_s = timeout_s
+        self.identity = identity
         # One client (one channel) per distinct agent, shared by all lookups.
-        self.agents = [
-            AgentClient(ep, timeout_s, identity=identity) for ep in dict.fromkeys(agent_endpoints)
-        ]
-        self._next = itertools.cycle(range(len(self.agents)))
+        self.agents: list[AgentClient] = []
+        self._next = itertools.count()
         # Agents failing now -> when that was last logged as a warning.
         self._failing: dict[str, float] = {}
+        self.set_agents(agent_endpoints)
+
+    def set_agents(self, agent_endpoints: Sequence[str]) -> None:
+        """Ask these agents from now on (the prefill engines' agents changed); with none,
+        every prompt counts as not cached."""
+        kept = {a.endpoint: a for a in self.agents}
+        wanted = list(dict.fromkeys(agent_endpoints))
+        self.agents = [
+            kept.pop(ep) if ep in kept else AgentClient(ep, self.timeout_s, identity=self.identity)
+            for ep in wanted
+        ]
+        for agent in kept.values():
+            agent.close()
 
     def close(self) -> None:
         for agent in self.agents:
@@ -65,13 +76,14 @@ class PrefixLookup:
     ) -> int:
         root = root_hash(self.hash_namespace, cache_salt) if cache_salt else self.root
         chain = block_chain(token_ids, self.block_tokens, parent=root)
-        if not chain:
+        agents = self.agents
+        if not chain or not agents:
             return 0
         loop = asyncio.get_running_loop()
         start = next(self._next)
         # The next agent is asked when one fails (at most two: a dead agent must not cost
         # every request one timeout per agent).
-        for agent in [self.agents[(start + i) % len(self.agents)] for i in range(MAX_TRIES)]:
+        for agent in [agents[(start + i) % len(agents)] for i in range(MAX_TRIES)]:
             try:
                 prefix_blocks, _ = await loop.run_in_executor(self.executor, agent.lookup, chain)
             except grpc.RpcError as exc:

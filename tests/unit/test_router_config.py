@@ -112,6 +112,22 @@ def test_engines_file_errors(tmp_path):
         config(engines_file=tmp_path / "missing.yaml")
 
 
+def test_an_engines_file_may_start_empty_or_one_sided(tmp_path):
+    """Engines come later through the watched file (a ConfigMap the operator fills): the
+    router starts without them and is not ready until they are up."""
+    path = tmp_path / "engines.yaml"
+    path.write_text("")
+    cfg = config(engines_file=path)
+    assert cfg.engines == () and cfg.fixed_engines == () and cfg.engines_file == path
+    path.write_text("engines: []\n")
+    assert config(engines_file=path).engines == ()
+    cfg = config(PREFILL, engines_file=path)
+    assert [e.id for e in cfg.fixed_engines] == ["prefill-0"]
+    path.write_text("- {id: prefill-0, role: prefill, url: 'http://h:1', node: n, agent: 'h:2'}\n")
+    with pytest.raises(ConfigError, match="duplicate engine id"):
+        config(PREFILL, engines_file=path)
+
+
 def test_parse_engine_arg_keeps_values_raw():
     assert parse_engine_arg("id=a, role = decode") == {"id": "a", "role": "decode"}
 
