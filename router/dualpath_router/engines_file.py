@@ -46,7 +46,10 @@ class EnginesFileWatcher:
 
     async def run(self) -> None:
         while True:
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # a bug must not end the watching: the next change is read
+                log.exception("engines file check failed", extra={"path": str(self.path)})
             await asyncio.sleep(self.poll_s)
 
     async def check(self) -> bool:
