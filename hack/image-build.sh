@@ -13,8 +13,9 @@
 #   DUALPATH_IMAGE_REPO    image name (default docker.io/dualpath/dualpath)
 #   DUALPATH_IMAGE_NIXL    1 (default) installs NIXL (UCX + POSIX backends), 0 leaves it out
 #   DUALPATH_IMAGE_ENGINE  1 also builds the engine image (vLLM's CPU build + NIXL + the
-#                          project, for engine pods; ~4 GB, about 5 min the first time) and
-#                          adds "engine" to the JSON line; 0 (default) leaves it out
+#                          project, for engine pods; ~4 GB, about 3-5 min the first time) and
+#                          adds "engine" to the JSON line (ref, archive, and "local": the
+#                          image's name in buildah's storage); 0 (default) leaves it out
 #   DUALPATH_DEBIAN_MIRROR (default http://deb.debian.org/debian)
 #   PYTHON                 builds the wheel (default .venv/bin/python, else python3)
 #
@@ -263,7 +264,8 @@ if [ "${DUALPATH_IMAGE_ENGINE:-0}" = 1 ]; then
       --label org.opencontainers.image.title=dualpath-engine --env VLLM_TARGET_DEVICE=cpu
     ls -1t "$CACHE"/engine-dev-*.oci.tar 2>/dev/null | tail -n +3 | xargs -r rm -f
   fi
-  ENGINE_JSON=$(printf ', "engine": {"ref": "%s", "archive": "%s"}' "$ENGINE_REF" "$ENGINE_ARCHIVE")
+  ENGINE_JSON=$(printf ', "engine": {"ref": "%s", "archive": "%s", "local": "%s"}' \
+    "$ENGINE_REF" "$ENGINE_ARCHIVE" "localhost/dualpath-engine:$ENGINE_TAG")
 fi
 
 # --- pause: the pod sandbox image ------------------------------------------------------

@@ -52,6 +52,7 @@ class Runtime:
         self.metrics = metrics or RouterMetrics()
         self._proxy: Proxy | None = None
         self._watch: asyncio.Task[None] | None = None
+        self.watcher: EnginesFileWatcher | None = None
 
     @property
     def proxy(self) -> Proxy:
@@ -90,7 +91,7 @@ class Runtime:
         self._proxy = Proxy(config, self.pool, self.session, self.prefix, self.metrics)
         self.pool.start()
         if config.engines_file is not None:
-            watcher = EnginesFileWatcher(
+            self.watcher = watcher = EnginesFileWatcher(
                 config.engines_file,
                 config.fixed_engines,
                 self.pool,
@@ -160,12 +161,19 @@ class Runtime:
                 e["up"] and e["registered"] and not e["drained"] for e in of_role
             ):
                 problems.append(f"no {role} engine is up and in service at the controller")
-        return not problems, {
+        report = {
             "status": "ok" if not problems else "unavailable",
             "problems": problems,
             "controller": controller,
             "engines": engines,
         }
+        if self.watcher is not None:  # a rejected file leaves the engines as they were
+            report["engines_file"] = {
+                "path": str(self.watcher.path),
+                "applied": not self.watcher.problem,
+                "problem": self.watcher.problem,
+            }
+        return not problems, report
 
 
 def create_app(config: RouterConfig, runtime: Runtime | None = None) -> Starlette:

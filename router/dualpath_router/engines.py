@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ from dualpath_router.vllm_metrics import (
 )
 
 log = logging.getLogger("dualpath.router.engines")
+# Engines let go whose state stays reachable (a request holds an engine id from Schedule to
+# its end, however long its prefill takes): a few KiB each.
+RETIRED_KEPT = 1024
 
 
 @dataclass
@@ -194,7 +198,9 @@ class EngineMonitor:
 class EnginePool:
     """All engines: one HTTP connection pool, their states and monitors. The set can change
     while serving (`apply`, from the engines file): an engine let go is deregistered at the
-    controller at once (no new work) and its state kept until its routed requests finish."""
+    controller at once (no new work), and its state stays reachable by `get` (the last
+    RETIRED_KEPT of them) so that a request scheduled on it before, even one still in its
+    prefill, still reaches it."""
 
     def __init__(
         self,
@@ -216,8 +222,8 @@ class EnginePool:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
         self.states: dict[str, EngineState] = {}
-        # Let go but still answering requests routed to them before.
-        self.retiring: dict[str, EngineState] = {}
+        # Let go, still reachable for requests scheduled on them before (oldest first).
+        self.retired: OrderedDict[str, EngineState] = OrderedDict()
         self.monitors: dict[str, EngineMonitor] = {}
         self._agents: dict[str, AgentClient] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -245,6 +251,7 @@ class EnginePool:
         )
         self.states[spec.id] = state
         self.monitors[spec.id] = monitor
+        self.retired.pop(spec.id, None)
         if self._started:
             self._start_monitor(spec.id)
 
@@ -265,8 +272,9 @@ class EnginePool:
             self.metrics.engine_up.remove(engine_id, state.spec.role)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self._deregister, engine_id)
-        if state.routed_requests > 0:
-            self.retiring[engine_id] = state
+        self.retired[engine_id] = state
+        while len(self.retired) > RETIRED_KEPT:
+            self.retired.popitem(last=False)
         in_use = {s.spec.agent for s in self.states.values()}
         for endpoint in [e for e in self._agents if e not in in_use]:
             self._agents.pop(endpoint).close()
@@ -312,7 +320,7 @@ class EnginePool:
             agent.close()
 
     def get(self, engine_id: str) -> EngineState | None:
-        return self.states.get(engine_id) or self.retiring.get(engine_id)
+        return self.states.get(engine_id) or self.retired.get(engine_id)
 
     def up(self) -> Iterator[EngineState]:
         return (s for s in self.states.values() if s.up)
@@ -324,5 +332,3 @@ class EnginePool:
         if state is not None:
             state.routed_requests += requests
             state.routed_tokens += tokens
-            if state.routed_requests <= 0 and self.retiring.get(engine_id) is state:
-                del self.retiring[engine_id]  # its last request finished

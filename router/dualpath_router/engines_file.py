@@ -2,7 +2,8 @@
 mounted ConfigMap is swapped in place by the kubelet), and the router then fronts exactly
 the command line's engines plus the file's. A file that does not validate (bad YAML, a bad
 field, a duplicate id, a missing file) changes nothing: it is logged naming the entry and
-field, and counted (`dualpath_router_engines_file_reloads_total{outcome="invalid"}`)."""
+field, counted (`dualpath_router_engines_file_reloads_total{outcome="invalid"}`) and shown
+in /healthz (`engines_file.problem`) until the file is fixed."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ class EnginesFileWatcher:
         # changed since the router read it at start).
         self._applied: bytes | None = None
         self._rejected: bytes | None = None
+        # Why the file as it is now does not run (empty when it does): shown in /healthz.
+        self.problem = ""
 
     async def run(self) -> None:
         while True:
@@ -57,9 +60,14 @@ class EnginesFileWatcher:
         try:
             data = self.path.read_bytes()
         except OSError as exc:
-            self._reject(f"--engines-file {self.path}: {exc}", data=None)
+            problem = f"--engines-file {self.path}: {exc}"
+            self._reject(problem, problem.encode())
             return False
-        if data in (self._applied, self._rejected):
+        if data == self._applied:
+            self._rejected = None  # back to what runs: a later bad change is news again
+            self.problem = ""
+            return False
+        if data == self._rejected:
             return False
         try:
             specs = self.fixed + engines_from_file(self.path, data.decode(errors="replace"))
@@ -69,7 +77,7 @@ class EnginesFileWatcher:
             return False
         added, gone = await self.pool.apply(specs)
         self.prefix.set_agents([s.agent for s in specs if s.role == "prefill"])
-        self._applied, self._rejected = data, None
+        self._applied, self._rejected, self.problem = data, None, ""
         if added or gone:
             self.metrics.engines_file_reloads.labels("applied").inc()
             log.info(
@@ -78,10 +86,11 @@ class EnginesFileWatcher:
             )
         return bool(added or gone)
 
-    def _reject(self, problem: str, data: bytes | None) -> None:
-        if data is not None and data == self._rejected:
+    def _reject(self, problem: str, seen: bytes) -> None:
+        """Count and log a file (its bytes, or the read error) once, not at every poll."""
+        if seen == self._rejected:
             return
-        self._rejected = data
+        self._rejected, self.problem = seen, problem
         self.metrics.engines_file_reloads.labels("invalid").inc()
         log.warning(
             "engines file not applied: the engines stay as they were",

@@ -27,6 +27,7 @@ from dualpath_router.metrics import RouterMetrics
 
 log = logging.getLogger("dualpath.router.prefix")
 MAX_TRIES = 2
+NO_AGENT = "none"  # the agent label of lookups that had no agent to ask
 WARN_EVERY_S = 10.0
 
 
@@ -77,7 +78,10 @@ class PrefixLookup:
         root = root_hash(self.hash_namespace, cache_salt) if cache_salt else self.root
         chain = block_chain(token_ids, self.block_tokens, parent=root)
         agents = self.agents
-        if not chain or not agents:
+        if not chain:
+            return 0
+        if not agents:  # no prefill engine (yet): nobody to ask, counted like a failure
+            self._failed(NO_AGENT, None, request_id)
             return 0
         loop = asyncio.get_running_loop()
         start = next(self._next)
@@ -93,10 +97,11 @@ class PrefixLookup:
             return min(prefix_blocks, len(chain)) * self.block_tokens
         return 0
 
-    def _failed(self, endpoint: str, exc: grpc.RpcError, request_id: str) -> None:
+    def _failed(self, endpoint: str, exc: grpc.RpcError | None, request_id: str) -> None:
         """Count every failure; log a failing agent when it starts failing, then once per
-        WARN_EVERY_S."""
-        self.metrics.lookup_failures.labels(endpoint, exc.code().name).inc()
+        WARN_EVERY_S. `exc` None: there was no agent to ask."""
+        code = exc.code().name if exc is not None else "NO_AGENT"
+        self.metrics.lookup_failures.labels(endpoint, code).inc()
         now = time.monotonic()
         last = self._failing.get(endpoint)
         level = logging.WARNING if last is None or now - last >= WARN_EVERY_S else logging.DEBUG
@@ -108,7 +113,7 @@ class PrefixLookup:
             extra={
                 "request_id": request_id,
                 "agent": endpoint,
-                "code": exc.code().name,
-                "details": exc.details(),
+                "code": code,
+                "details": exc.details() if exc is not None else "no prefill engine's agent",
             },
         )

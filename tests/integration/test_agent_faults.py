@@ -435,7 +435,7 @@ def test_graceful_shutdown_finishes_in_flight_transfers(pair, work):
         assert stat.read_queue_length == 1 and 0 < stat.read_queue_bytes <= 32 * BLOCK_FILE
         assert 0 < stat.read_queue_tokens <= 32 * 64
         assert slow.stop(grace_s=20) == 0  # SIGTERM: finishes the transfer, then exits 0
-        load.join(20)
+        assert load.join(20), "the load did not end within 20 s"
     finally:
         slow.kill()
     assert time.monotonic() - started > 0.5  # 8.4 MB at 10 MB/s: the cap paces the read
@@ -458,7 +458,7 @@ def test_shutdown_past_the_grace_period_cancels_and_the_prefill_side_falls_back(
         started = time.monotonic()
         assert slow.stop(grace_s=20) == 0
         assert time.monotonic() - started < 8
-        load.join(20)
+        assert load.join(20), "the load did not end within 20 s"
     finally:
         slow.kill()
     assert not load.errors, load.errors[0].details()

@@ -62,7 +62,7 @@ def test_the_router_follows_its_engines_file(tmp_path: Path, agent: AgentHandle)
         RecordingEngine("decode-1") as d1,
         ControllerProcess(report_interval_ms=100) as controller,
     ):
-        replace(engines_file, json.dumps([entry(p0, "prefill", agent), entry(d0, "decode", agent)]))
+        replace(engines_file, "")  # the operator has not listed any engine yet
         with RouterProcess(
             controller=controller.target,
             engines=[],
@@ -82,17 +82,27 @@ def test_the_router_follows_its_engines_file(tmp_path: Path, agent: AgentHandle)
                 body = {"model": "tiny", "prompt": [5] * 70, "max_tokens": 3}
                 return httpx.post(f"{router.url}/v1/completions", json=body, timeout=30)
 
+            def router_metric(name: str, labels: dict[str, str]) -> float:
+                return sample_value(httpx.get(f"{router.url}/metrics").text, name, labels)
+
             def reloads(outcome: str) -> float:
-                text = httpx.get(f"{router.url}/metrics").text
-                labels = {"outcome": outcome}
-                try:
-                    return sample_value(text, "dualpath_router_engines_file_reloads_total", labels)
-                except LookupError:
-                    return 0.0
+                name = "dualpath_router_engines_file_reloads_total"
+                return router_metric(name, {"outcome": outcome})
 
             def alive() -> None:
                 assert router.proc is not None and router.proc.poll() is None, "router exited"
 
+            # No engine yet: not ready, requests refused with 503, the prefix lookup that had
+            # no agent to ask counted.
+            wait_for("the router serving /healthz", lambda: "problems" in healthz(), 30, alive)
+            assert healthz()["code"] == 503 and "no prefill engine is up" in healthz()["problems"]
+            assert ask().status_code == 503
+            name = "dualpath_router_prefix_lookup_failures_total"
+            assert router_metric(name, {"agent": "none", "code": "NO_AGENT"}) == 1
+
+            replace(
+                engines_file, json.dumps([entry(p0, "prefill", agent), entry(d0, "decode", agent)])
+            )
             wait_for("the file's engines in service", lambda: healthz()["code"] == 200, 30, alive)
             assert registered() == {"prefill-0", "decode-0"}
             assert ask().status_code == 200 and len(d0.completions()) == 1
@@ -137,3 +147,22 @@ def test_the_router_follows_its_engines_file(tmp_path: Path, agent: AgentHandle)
             assert ask().status_code == 200 and len(d1.completions()) == 2
             log = router.log_path.read_text()
             assert "engines file not applied" in log and "[0]: url: Field required" in log
+            shown = healthz()["engines_file"]
+            assert not shown["applied"] and "[0]: url: Field required" in shown["problem"]
+
+            # decode-1 leaves while a request it was chosen for is still in its prefill: the
+            # request still reaches decode-1 and is answered.
+            p0.knobs.chunk_delay_s = 4.0  # the prefill's JSON answer comes after 4 s
+            answers: list[httpx.Response] = []
+            in_prefill = threading.Thread(target=lambda: answers.append(ask()))
+            in_prefill.start()
+            wait_for("the prefill sent", lambda: len(p0.completions()) == 5, 15, alive)
+            replace(
+                engines_file, json.dumps([entry(p0, "prefill", agent), entry(d0, "decode", agent)])
+            )
+            wait_for("decode-1 deregistered", lambda: "decode-1" not in registered(), 30, alive)
+            assert healthz()["engines_file"]["applied"]
+            assert in_prefill.is_alive(), "the prefill ended before decode-1 was let go"
+            in_prefill.join(60)
+            assert answers and answers[0].status_code == 200, answers and answers[0].text
+            assert len(d1.completions()) == 3
