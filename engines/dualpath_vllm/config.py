@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from dualpath_common import tls
 
 LOAD_MODES = ("layerwise", "async")
+# Settings that may name the engine's environment, ${VAR}: one shared --kv-transfer-config
+# (the operator's connector ConfigMap) then fits every engine, each filling in its own
+# node's IP and pod name from the downward API.
+EXPANDED_KEYS = ("agent_endpoint", "engine_id")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(key: str, value: str, environ: Mapping[str, str]) -> str:
+    """${VAR} replaced from `environ`; an unset or empty VAR is an error naming it."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if not environ.get(name):
+            raise ValueError(
+                f"kv_connector_extra_config.{key}: {value!r} names ${{{name}}}, which is not"
+                " set in the engine's environment"
+            )
+        return environ[name]
+
+    return _VAR.sub(one, value)
 
 
 @dataclass(frozen=True)
@@ -37,8 +60,16 @@ class ConnectorConfig:
         return tls.load_identity(self.tls_dir or None)
 
     @classmethod
-    def from_extra(cls, extra: dict[str, Any] | None, default_namespace: str) -> ConnectorConfig:
+    def from_extra(
+        cls,
+        extra: dict[str, Any] | None,
+        default_namespace: str,
+        environ: Mapping[str, str] | None = None,
+    ) -> ConnectorConfig:
         extra = dict(extra or {})
+        for key in EXPANDED_KEYS:
+            if isinstance(extra.get(key), str):
+                extra[key] = expand_env(key, extra[key], os.environ if environ is None else environ)
         known = {f.name for f in fields(cls)}
         unknown = set(extra) - known
         if unknown:

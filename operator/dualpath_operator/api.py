@@ -535,6 +535,121 @@ class NetworkPolicySpec(ApiModel):
     )
 
 
+# --- engines ---------------------------------------------------------------------------
+
+
+class EngineModelSource(ApiModel):
+    """The served model's files: exactly one of pvc, hostPath or generated. The engines
+    mount it read-only at /models and load `/models/<path>`."""
+
+    pvc: PvcSource | None = Field(default=None, description="A claim holding the model files.")
+    host_path: str | None = Field(
+        default=None,
+        max_length=4096,
+        pattern=ABSOLUTE_PATH_PATTERN,
+        description="A directory on every engine node holding the model files.",
+    )
+    generated: Literal["tiny-llama"] | None = Field(
+        default=None,
+        description="Made at pod start by an init container, for tests: the project's tiny "
+        "Llama-shaped model (random weights from a fixed seed, its own tokenizer).",
+    )
+    path: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=r"^[^/].*$",
+        description="The model directory inside the volume (relative; absent: its root, or "
+        "the generated model's name).",
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The model name clients send (vLLM's --served-model-name); also the root "
+        "of the KV block hash chains. Default: the model directory as the engines see it.",
+    )
+
+
+class EngineRoleSpec(ApiModel):
+    """The vLLM engines of one role (prefill or decode)."""
+
+    instances_per_node: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="Engines on each node of the role's pool (one GPU set each). 0: none "
+        "managed; attached engines of this role may still be labelled in.",
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(),
+        description="Per engine, GPUs included (e.g. limits: {nvidia.com/gpu: 1}).",
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, max_length=64, description="vLLM arguments for this role only."
+    )
+
+
+class RouterSpec(ApiModel):
+    """`dualpath router`: the OpenAI-compatible front door of the cluster's engines."""
+
+    image: str | None = Field(default=None, max_length=512, description="Overrides spec.image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    replicas: int = Field(default=1, ge=1, le=16)
+    port: int = Field(
+        default=8000, ge=1, le=65535, description="HTTP port (pod and Service); /metrics too."
+    )
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    resources: ResourceRequirements = Field(default_factory=lambda: ResourceRequirements())
+    extra_args: list[str] = Field(default_factory=list, max_length=64)
+    log_level: LogLevel = "info"
+
+
+class PickerSpec(ApiModel):
+    """The endpoint picker of the InferencePool (Gateway API Inference Extension): an Envoy
+    ext_proc server that asks the traffic controller. Deployed only where the cluster serves
+    inference.networking.k8s.io/v1 InferencePool."""
+
+    replicas: int = Field(default=1, ge=1, le=16)
+    port: int = Field(default=9002, ge=1, le=65535, description="ext_proc gRPC port.")
+    metrics_port: int = Field(default=9003, ge=1, le=65535)
+    resources: ResourceRequirements = Field(default_factory=lambda: ResourceRequirements())
+    extra_args: list[str] = Field(default_factory=list, max_length=64)
+
+
+class EnginesSpec(ApiModel):
+    """vLLM engines served through DualPath. Managed engines run beside each role node's
+    agent, their KV connector set to that node's agent; attached engines (your own pods,
+    labelled dualpath.io/cluster and dualpath.io/engine) join the same router."""
+
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Engine image (vLLM + the DualPath connector); required when any role "
+        "has instancesPerNode > 0.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    model: EngineModelSource | None = Field(
+        default=None, description="Required when any role has instancesPerNode > 0."
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="vLLM's HTTP port.")
+    extra_args: list[str] = Field(
+        default_factory=list, max_length=64, description="vLLM arguments for every engine."
+    )
+    extra_env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    prefill: EngineRoleSpec = Field(default_factory=lambda: EngineRoleSpec())
+    decode: EngineRoleSpec = Field(default_factory=lambda: EngineRoleSpec())
+    load_mode: Literal["layerwise", "async"] = Field(
+        default="layerwise",
+        description="layerwise: prefill computes layer i once layer i landed (the paper's); "
+        "async: vLLM parks a request until its whole load landed.",
+    )
+    router: RouterSpec = Field(default_factory=lambda: RouterSpec())
+    picker: PickerSpec = Field(default_factory=lambda: PickerSpec())
+
+    @property
+    def managed(self) -> bool:
+        return self.prefill.instances_per_node > 0 or self.decode.instances_per_node > 0
+
+
 class DualPathClusterSpec(ApiModel):
     """A DualPath deployment: KV agents on prefill and decode nodes, one traffic
     controller, and the network QoS that keeps KV traffic out of the collectives' way."""
@@ -550,6 +665,11 @@ class DualPathClusterSpec(ApiModel):
     monitoring: MonitoringSpec = Field(default_factory=lambda: MonitoringSpec())
     network_policy: NetworkPolicySpec = Field(default_factory=lambda: NetworkPolicySpec())
     security: SecuritySpec = Field(default_factory=lambda: SecuritySpec())
+    engines: EnginesSpec | None = Field(
+        default=None,
+        description="vLLM engines and the router in front of them; absent: agents and the "
+        "traffic controller only (engines wired by hand).",
+    )
 
 
 # --- status ----------------------------------------------------------------------------
@@ -562,6 +682,8 @@ CONDITION_TYPES: tuple[str, ...] = (
     "NetworkReady",
     "MonitoringReady",
     "CertificatesReady",
+    "EnginesReady",
+    "InferencePoolReady",
 )
 
 
@@ -593,6 +715,20 @@ class ControllerStatus(ApiModel):
     endpoint: str = ""
 
 
+class RoleEnginesStatus(ApiModel):
+    desired: int = 0
+    ready: int = 0
+    attached: int = Field(default=0, description="Of these, engines you run and labelled in.")
+    summary: str = Field(default="0/0", description="ready/desired, for the printer column.")
+
+
+class EnginesStatus(ApiModel):
+    prefill: RoleEnginesStatus = Field(default_factory=lambda: RoleEnginesStatus())
+    decode: RoleEnginesStatus = Field(default_factory=lambda: RoleEnginesStatus())
+    router_ready: int = 0
+    router_endpoint: str = ""
+
+
 class DualPathClusterStatus(ApiModel):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=list_map("type"))
@@ -601,3 +737,4 @@ class DualPathClusterStatus(ApiModel):
     config_hash: str = ""
     pdb_api_version: str = ""
     network_attachments: list[str] = Field(default_factory=list)
+    engines: EnginesStatus | None = None

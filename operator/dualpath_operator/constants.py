@@ -23,6 +23,11 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_CLUSTER = "dualpath.io/cluster"
 LABEL_ROLE = "dualpath.io/role"
+# On every engine pod, managed or attached: the engine's role (prefill | decode). With
+# dualpath.io/cluster it is the whole attach-mode convention (README "Attached engines").
+LABEL_ENGINE = "dualpath.io/engine"
+# An attached engine's HTTP port when its container has no port named "http".
+ANNOTATION_ENGINE_PORT = "dualpath.io/engine-port"
 MANAGED_BY_VALUE = "dualpath-operator"
 
 # Pod-template annotation whose change rolls the pods when the resolved config changes.

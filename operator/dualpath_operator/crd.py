@@ -218,6 +218,18 @@ def _printer_columns() -> list[Schema]:
             "jsonPath": ".status.agents.decode.summary",
         },
         {
+            "name": "PE",
+            "type": "string",
+            "description": "Ready/desired prefill engines (managed and attached)",
+            "jsonPath": ".status.engines.prefill.summary",
+        },
+        {
+            "name": "DE",
+            "type": "string",
+            "description": "Ready/desired decode engines (managed and attached)",
+            "jsonPath": ".status.engines.decode.summary",
+        },
+        {
             "name": "Policy",
             "type": "string",
             "jsonPath": ".spec.trafficController.policy",

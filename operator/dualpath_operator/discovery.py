@@ -3,7 +3,7 @@
 Kubernetes versions differ (policy/v1 PodDisruptionBudget exists from 1.21; the v1.20 test
 server has only policy/v1beta1), and optional add-ons may be absent (Multus'
 NetworkAttachmentDefinition CRD, the Prometheus Operator's ServiceMonitor CRD, cert-manager's
-Certificate and Issuer CRDs). The choice
+Certificate and Issuer CRDs, the Gateway API Inference Extension's InferencePool). The choice
 is a pure function of the group list, so both branches are unit-tested without a cluster.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 NAD_GROUP = "k8s.cni.cncf.io"
 MONITORING_GROUP = "monitoring.coreos.com"
 CERT_MANAGER_GROUP = "cert-manager.io"
+INFERENCE_GROUP = "inference.networking.k8s.io"
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class Capabilities:
     service_monitors: bool
     # cert-manager's Certificate and Issuer CRDs served (cert-manager.io/v1).
     cert_manager: bool = False
+    # Gateway API Inference Extension's InferencePool CRD (inference.networking.k8s.io/v1).
+    inference_pools: bool = False
 
 
 def _group_versions(api_groups: dict[str, Any]) -> dict[str, set[str]]:
@@ -64,4 +67,5 @@ def capabilities_from_groups(
         service_monitors=served(MONITORING_GROUP, "v1", "servicemonitors"),
         cert_manager=served(CERT_MANAGER_GROUP, "v1", "certificates")
         and served(CERT_MANAGER_GROUP, "v1", "issuers"),
+        inference_pools=served(INFERENCE_GROUP, "v1", "inferencepools"),
     )

@@ -28,11 +28,13 @@ from dualpath_operator.constants import (
     GROUP,
     KIND,
     LABEL_CLUSTER,
+    LABEL_ENGINE,
     LABEL_MANAGED_BY,
     MANAGED_BY_VALUE,
     PLURAL,
     VERSION,
 )
+from dualpath_operator.engine_pods import engine_cluster, pod_fingerprint
 from dualpath_operator.kube import load_configuration
 from dualpath_operator.reconciler import CapabilityCache, Key, Reconciler
 from dualpath_operator.workqueue import WorkQueue
@@ -68,6 +70,7 @@ ADDON_CRDS = frozenset(
         "servicemonitors.monitoring.coreos.com",
         "certificates.cert-manager.io",
         "issuers.cert-manager.io",
+        "inferencepools.inference.networking.k8s.io",
     }
 )
 
@@ -106,6 +109,7 @@ class OperatorRuntime:
         self.capabilities = capabilities
         self._generations: dict[Key, int] = {}
         self._fingerprints: dict[tuple[str, str, str], str] = {}
+        self._pod_fingerprints: dict[tuple[str, str, str], Any] = {}
         self.child_debounce = 0.2
 
     @property
@@ -151,6 +155,25 @@ class OperatorRuntime:
         # A rollout updates a workload's status many times in a row: a short delay lets one
         # reconcile take in the whole burst (the queue keeps the earliest pending add).
         self.queue.add(key, 0 if first_sight else self.child_debounce)
+        return True
+
+    def on_engine_pod_event(self, event_type: str | None, obj: dict[str, Any]) -> bool:
+        """An engine pod (managed or attached) appeared, went, became Ready or not, or
+        moved: the router's engines file and the status follow."""
+        key = engine_cluster(obj)
+        if key is None:
+            return False
+        meta = obj.get("metadata") or {}
+        pod = ("Pod", key[0], str(meta.get("name", "")))
+        if event_type == "DELETED":
+            self._pod_fingerprints.pop(pod, None)
+            self.queue.add(key)
+            return True
+        digest = pod_fingerprint(obj)
+        if self._pod_fingerprints.get(pod) == digest:
+            return False
+        self._pod_fingerprints[pod] = digest
+        self.queue.add(key, self.child_debounce)
         return True
 
     def on_crd_event(self, event_type: str | None, obj: dict[str, Any]) -> bool:
@@ -211,6 +234,13 @@ def build_registry(
             registry=registry,
             id=f"child-{plural}",
         )(child_event)
+
+    # Engine pods, managed or attached (the attach-mode labels): never written by us.
+    @kopf.on.event("v1", "pods", labels={LABEL_ENGINE: kopf.PRESENT}, registry=registry)
+    async def engine_pod_event(**kwargs: Any) -> None:
+        event = kwargs["event"]
+        with metrics.track("engine_pod_event"):
+            runtime.on_engine_pod_event(event.get("type"), event["object"])
 
     @kopf.on.event("apiextensions.k8s.io", "customresourcedefinitions", registry=registry)
     async def crd_event(**kwargs: Any) -> None:

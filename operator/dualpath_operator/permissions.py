@@ -47,6 +47,8 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     },
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["servicemonitors"], "verbs": WRITE},
     {"apiGroups": ["cert-manager.io"], "resources": ["issuers", "certificates"], "verbs": WRITE},
+    # Gateway API Inference Extension: the InferencePool of the cluster's engines.
+    {"apiGroups": ["inference.networking.k8s.io"], "resources": ["inferencepools"], "verbs": WRITE},
     {
         "apiGroups": ["coordination.k8s.io"],
         "resources": ["leases"],

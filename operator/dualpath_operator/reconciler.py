@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dualpath_operator import children, metrics
+from dualpath_operator.children import engines as engine_children
 from dualpath_operator.children.common import (
     ROLES,
     ChildKind,
@@ -25,10 +26,12 @@ from dualpath_operator.children.daemonset import DAEMON_SET
 from dualpath_operator.children.deployment import DEPLOYMENT
 from dualpath_operator.constants import API_VERSION, FIELD_MANAGER, KIND, PLURAL
 from dualpath_operator.discovery import Capabilities, capabilities_from_groups
+from dualpath_operator.engine_pods import EnginePod, engine_selector, observe_engine_pods
 from dualpath_operator.issuance import Issuance
 from dualpath_operator.kube import ApiError, KubeClient, Obj, ResourceType
 from dualpath_operator.status import (
     ChildChanges,
+    EnginesState,
     EventSpec,
     MonitoringState,
     NetworkState,
@@ -39,6 +42,7 @@ from dualpath_operator.status import (
     observe_deployment,
     status_changed,
     status_to_json,
+    sum_rollouts,
     transition_events,
 )
 from dualpath_operator.validation import name_problems, parse_spec
@@ -47,6 +51,7 @@ log = logging.getLogger("dualpath.operator.reconciler")
 
 CLUSTER = ResourceType(API_VERSION, KIND, PLURAL)
 EVENT = ResourceType("v1", "Event", "events")
+POD = ResourceType("v1", "Pod", "pods")
 Key = tuple[str, str]  # (namespace, name)
 
 
@@ -99,7 +104,12 @@ class CapabilityCache:
             if value is None or time.monotonic() - self._at > self._ttl or self.settling():
                 groups = await self._kube.api_groups()
                 resources = {}
-                for gv in ("k8s.cni.cncf.io/v1", "monitoring.coreos.com/v1", "cert-manager.io/v1"):
+                for gv in (
+                    "k8s.cni.cncf.io/v1",
+                    "monitoring.coreos.com/v1",
+                    "cert-manager.io/v1",
+                    "inference.networking.k8s.io/v1",
+                ):
                     resources[gv] = await self._kube.group_version_resources(gv)
                 value = self._value = capabilities_from_groups(groups, resources)
                 self._at = time.monotonic()
@@ -146,6 +156,27 @@ def _change_marker(obj: Obj) -> Any:
     return (meta.get("generation"), tuple(ours))
 
 
+def observe_engines(ctx: ClusterContext, stored: dict[str, Obj]) -> EnginesState | None:
+    """The engines' part of the status, from the workloads just applied and the pods."""
+    if ctx.spec.engines is None:
+        return None
+    by_role: dict[str, list[Rollout]] = {role: [] for role in ROLES}
+    for role, instance in engine_children.instances(ctx):
+        name = ctx.engine_daemonset_name(role, instance)
+        by_role[role].append(observe_daemonset(stored.get(name)))
+    picker = stored.get(ctx.picker_name)
+    return EnginesState(
+        prefill=sum_rollouts(by_role["prefill"]),
+        decode=sum_rollouts(by_role["decode"]),
+        pods=ctx.engine_pods,
+        router=observe_deployment(stored.get(ctx.router_name)),
+        router_endpoint=ctx.router_endpoint,
+        inference_pools_served=ctx.capabilities.inference_pools,
+        picker=observe_deployment(picker) if picker else Rollout(),
+        pool_name=ctx.name,
+    )
+
+
 class Reconciler:
     def __init__(
         self,
@@ -184,7 +215,10 @@ class Reconciler:
             metrics.RECONCILES.labels("invalid").inc()
             return Outcome("invalid", self.resync_seconds)
         caps = await self.capabilities.get()
-        ctx = ClusterContext(name, ns, cr["metadata"]["uid"], generation, spec, caps)
+        engine_pods = await self._engine_pods(ns, name, spec.engines.port) if spec.engines else ()
+        ctx = ClusterContext(
+            name, ns, cr["metadata"]["uid"], generation, spec, caps, engine_pods=engine_pods
+        )
         # Identities before workloads: a pod's Secret volume must exist for it to start.
         certificates, cert_writes = await self.issuance.sync(ctx)
         changes, errors, stored = await self._apply_children(ctx)
@@ -220,6 +254,7 @@ class Reconciler:
             pdb_api_version=caps.pdb_api_version,
             controller_endpoint=ctx.controller_address,
             certificates=certificates,
+            engines=observe_engines(ctx, stored),
         )
         drift = self._applied_generation.get(key) == generation
         await self._write_status(cr, obs, changes, drift=drift)
@@ -235,6 +270,10 @@ class Reconciler:
         if certificates.not_ready:
             again = min(again, CERT_MANAGER_RECHECK_S)
         return Outcome("applied", again)
+
+    async def _engine_pods(self, ns: str, name: str, default_port: int) -> tuple[EnginePod, ...]:
+        pods = await self.kube.list(POD, ns, engine_selector(name))
+        return observe_engine_pods(pods, default_port)
 
     # --- children ----------------------------------------------------------------------
     async def _apply_one(self, key: Key, rt: ResourceType, obj: Obj) -> tuple[str, Obj]:

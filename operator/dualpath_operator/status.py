@@ -18,8 +18,11 @@ from dualpath_operator.api import (
     Condition,
     ControllerStatus,
     DualPathClusterStatus,
+    EnginesStatus,
     RoleAgentsStatus,
+    RoleEnginesStatus,
 )
+from dualpath_operator.engine_pods import EnginePod
 
 Obj = dict[str, Any]
 MAX_MESSAGE = 1024
@@ -110,6 +113,34 @@ class CertificatesState:
 
 
 @dataclass(frozen=True)
+class EnginesState:
+    """The engines side of a reconcile: the managed engines' DaemonSets (summed per role),
+    every engine pod (managed and attached), the router and the endpoint picker."""
+
+    prefill: Rollout = Rollout()
+    decode: Rollout = Rollout()
+    pods: tuple[EnginePod, ...] = ()
+    router: Rollout = Rollout()
+    router_endpoint: str = ""
+    inference_pools_served: bool = False
+    picker: Rollout = Rollout()
+    pool_name: str = ""
+
+
+def sum_rollouts(rollouts: list[Rollout]) -> Rollout:
+    if not rollouts:
+        return Rollout(complete=True)
+    return Rollout(
+        desired=sum(r.desired for r in rollouts),
+        ready=sum(r.ready for r in rollouts),
+        updated=sum(r.updated for r in rollouts),
+        available=sum(r.available for r in rollouts),
+        complete=all(r.complete for r in rollouts),
+        exists=any(r.exists for r in rollouts),
+    )
+
+
+@dataclass(frozen=True)
 class Observation:
     """Everything status depends on, gathered by one reconcile."""
 
@@ -125,6 +156,8 @@ class Observation:
     pdb_api_version: str = ""
     controller_endpoint: str = ""
     certificates: CertificatesState | None = None  # None: unknown (invalid spec)
+    # None: spec.engines is not set (or the spec is invalid).
+    engines: EnginesState | None = None
 
 
 @dataclass(frozen=True)
@@ -268,13 +301,99 @@ def _superseded(certs: CertificatesState) -> str:
     )
 
 
+def role_engines_status(engines: EnginesState, role: str) -> RoleEnginesStatus:
+    managed = engines.prefill if role == "prefill" else engines.decode
+    pods = [p for p in engines.pods if p.role == role]
+    attached = sum(1 for p in pods if not p.managed)
+    desired = managed.desired + attached
+    ready = sum(1 for p in pods if p.ready)
+    return RoleEnginesStatus(
+        desired=desired, ready=ready, attached=attached, summary=f"{ready}/{desired}"
+    )
+
+
+def engines_condition(obs: Observation) -> Condition:
+    engines = obs.engines
+    if engines is None:
+        return _cond(
+            "EnginesReady",
+            True,
+            "NotRequested",
+            "spec.engines is not set: no engines or router are managed",
+        )
+    roles = {role: role_engines_status(engines, role) for role in ("prefill", "decode")}
+    summary = ", ".join(f"{r} engines {s.ready}/{s.desired} ready" for r, s in roles.items())
+    for role, st in roles.items():
+        if st.desired == 0:
+            return _cond(
+                "EnginesReady",
+                False,
+                f"No{role.capitalize()}Engines",
+                f"no {role} engine: set spec.engines.{role}.instancesPerNode > 0 on nodes of "
+                f"spec.nodes.{role}, or label your own engine pods dualpath.io/cluster=<this "
+                f"cluster> and dualpath.io/engine={role}",
+            )
+    if any(st.ready < st.desired for st in roles.values()):
+        return _cond("EnginesReady", False, "EnginesNotReady", summary)
+    r = engines.router
+    if r.ready < r.desired or r.desired == 0:
+        return _cond(
+            "EnginesReady",
+            False,
+            "RouterNotReady",
+            f"{summary}; router {r.ready}/{r.desired} replicas ready",
+        )
+    return _cond(
+        "EnginesReady",
+        True,
+        "EnginesReady",
+        f"{summary}; router {r.ready}/{r.desired} ready at {engines.router_endpoint}",
+    )
+
+
+def inference_pool_condition(obs: Observation) -> Condition:
+    """Whether the Gateway API Inference Extension is wired. Never affects Ready: the
+    router serves without it; a skipped pool is said, never silent."""
+    engines = obs.engines
+    if engines is None:
+        return _cond("InferencePoolReady", True, "NotRequested", "spec.engines is not set: no pool")
+    if not engines.inference_pools_served:
+        return _cond(
+            "InferencePoolReady",
+            False,
+            "InferencePoolCRDMissing",
+            "skipped: the cluster does not serve inference.networking.k8s.io/v1 InferencePool "
+            "(install the Gateway API Inference Extension's CRDs); no InferencePool or "
+            f"endpoint picker created. Clients use the router at {engines.router_endpoint}",
+        )
+    p = engines.picker
+    if p.ready < p.desired or p.desired == 0:
+        return _cond(
+            "InferencePoolReady",
+            False,
+            "PickerNotReady",
+            f"InferencePool {engines.pool_name} applied; endpoint picker {p.ready}/{p.desired} "
+            "replicas ready",
+        )
+    return _cond(
+        "InferencePoolReady",
+        True,
+        "InferencePoolApplied",
+        f"InferencePool {engines.pool_name} of the prefill engines, endpoint picker "
+        f"{p.ready}/{p.desired} ready",
+    )
+
+
 def _agents_summary(obs: Observation) -> str:
     p, d = obs.prefill, obs.decode
     return f"prefill agents {p.ready}/{p.desired} ready, decode agents {d.ready}/{d.desired} ready"
 
 
 def ready_condition(
-    obs: Observation, network: Condition, certificates: Condition | None = None
+    obs: Observation,
+    network: Condition,
+    certificates: Condition | None = None,
+    engines: Condition | None = None,
 ) -> Condition:
     p, d, c = obs.prefill, obs.decode, obs.controller
     if obs.problems and not (p.exists or d.exists or c.exists):
@@ -297,6 +416,8 @@ def ready_condition(
             "ControllerNotReady",
             f"traffic controller {c.ready}/{c.desired} replicas ready",
         )
+    if engines is not None and engines.status == "False":
+        return _cond("Ready", False, engines.reason, engines.message)
     return _cond(
         "Ready",
         True,
@@ -313,13 +434,20 @@ def progressing_condition(obs: Observation) -> Condition:
             "InvalidSpec",
             "not rolling out an invalid spec; children keep their last valid configuration",
         )
+    workloads = [
+        ("prefill agents", obs.prefill),
+        ("decode agents", obs.decode),
+        ("traffic controller", obs.controller),
+    ]
+    if obs.engines is not None:
+        workloads += [
+            ("prefill engines", obs.engines.prefill),
+            ("decode engines", obs.engines.decode),
+            ("router", obs.engines.router),
+        ]
     pending = [
         f"{name}: {r.updated}/{r.desired} updated, {r.available}/{r.desired} available"
-        for name, r in (
-            ("prefill agents", obs.prefill),
-            ("decode agents", obs.decode),
-            ("traffic controller", obs.controller),
-        )
+        for name, r in workloads
         if not r.complete
     ]
     if pending:
@@ -368,13 +496,20 @@ def compute_status(previous_raw: Obj | None, obs: Observation, now: str) -> Dual
     prev_conditions = {c.type: c for c in previous.conditions}
     network = network_condition(obs, prev_conditions)
     certificates = certificates_condition(obs, prev_conditions)
+    if obs.problems:  # not evaluated: keep what was known
+        engines = prev_conditions.get("EnginesReady") or engines_condition(obs)
+        pool = prev_conditions.get("InferencePoolReady") or inference_pool_condition(obs)
+    else:
+        engines, pool = engines_condition(obs), inference_pool_condition(obs)
     conditions = [
-        ready_condition(obs, network, certificates),
+        ready_condition(obs, network, certificates, engines),
         progressing_condition(obs),
         degraded_condition(obs, network, certificates),
         network,
         monitoring_condition(obs, prev_conditions),
         certificates,
+        engines,
+        pool,
     ]
     by_type = {c.type: _with_times(c, prev_conditions, obs.generation, now) for c in conditions}
     return DualPathClusterStatus(
@@ -391,6 +526,18 @@ def compute_status(previous_raw: Obj | None, obs: Observation, now: str) -> Dual
         network_attachments=list(obs.network.applied)
         if obs.network
         else previous.network_attachments,
+        engines=engines_status(obs.engines)
+        if obs.engines
+        else (previous.engines if obs.problems else None),
+    )
+
+
+def engines_status(engines: EnginesState) -> EnginesStatus:
+    return EnginesStatus(
+        prefill=role_engines_status(engines, "prefill"),
+        decode=role_engines_status(engines, "decode"),
+        router_ready=engines.router.ready,
+        router_endpoint=engines.router_endpoint,
     )
 
 

@@ -85,6 +85,7 @@ def semantic_problems(spec: DualPathClusterSpec) -> list[Problem]:
     problems += _workload_problems(spec)
     problems += _pod_security_problems(spec)
     problems += _network_policy_problems(spec)
+    problems += _engines_problems(spec)
     return problems
 
 
@@ -371,4 +372,90 @@ def _network_policy_problems(spec: DualPathClusterSpec) -> list[Problem]:
                         "give a namespaceSelector, a podSelector or both",
                     )
                 )
+    return problems
+
+
+# vLLM flags the operator derives from the spec, and the field that sets each.
+ENGINE_FLAGS_SET_BY_OPERATOR = {
+    "--model": "spec.engines.model",
+    "--served-model-name": "spec.engines.model.servedModelName",
+    "--host": "(the pod's address)",
+    "--port": "spec.engines.port",
+    "--block-size": "spec.storage.blockTokens",
+    "--kv-transfer-config": "(the connector ConfigMap)",
+}
+
+
+def _engine_arg_problems(args: list[str], field: str) -> list[Problem]:
+    problems = []
+    for i, arg in enumerate(args):
+        flag = arg.split("=", 1)[0]
+        if flag in ENGINE_FLAGS_SET_BY_OPERATOR:
+            problems.append(
+                Problem(
+                    f"{field}[{i}]",
+                    f"{flag} is set by the operator from {ENGINE_FLAGS_SET_BY_OPERATOR[flag]}",
+                )
+            )
+    return problems
+
+
+def _engines_problems(spec: DualPathClusterSpec) -> list[Problem]:
+    engines = spec.engines
+    if engines is None:
+        return []
+    problems = []
+    if engines.managed:
+        if not engines.image:
+            problems.append(
+                Problem(
+                    "spec.engines.image", "required when an engine role has instancesPerNode > 0"
+                )
+            )
+        if engines.model is None:
+            problems.append(
+                Problem(
+                    "spec.engines.model", "required when an engine role has instancesPerNode > 0"
+                )
+            )
+    model = engines.model
+    if model is not None:
+        given = [
+            name
+            for name, value in (
+                ("pvc", model.pvc),
+                ("hostPath", model.host_path),
+                ("generated", model.generated),
+            )
+            if value is not None
+        ]
+        if len(given) != 1:
+            problems.append(
+                Problem(
+                    "spec.engines.model",
+                    "give exactly one of pvc, hostPath or generated"
+                    + (f", not {' and '.join(given)}" if given else ""),
+                )
+            )
+    problems += _engine_arg_problems(engines.extra_args, "spec.engines.extraArgs")
+    for role in ("prefill", "decode"):
+        role_spec = engines.prefill if role == "prefill" else engines.decode
+        problems += _engine_arg_problems(role_spec.extra_args, f"spec.engines.{role}.extraArgs")
+    problems += _env_problems([e.name for e in engines.extra_env], "spec.engines.extraEnv")
+    if engines.picker.port == engines.picker.metrics_port:
+        problems.append(
+            Problem("spec.engines.picker.metricsPort", "must differ from spec.engines.picker.port")
+        )
+    for where, resources in (
+        ("spec.engines.prefill.resources", engines.prefill.resources),
+        ("spec.engines.decode.resources", engines.decode.resources),
+        ("spec.engines.router.resources", engines.router.resources),
+        ("spec.engines.picker.resources", engines.picker.resources),
+    ):
+        for kind, values in (("requests", resources.requests), ("limits", resources.limits)):
+            for name, value in values.items():
+                try:
+                    parse_quantity(value)
+                except ValueError as exc:
+                    problems.append(Problem(f"{where}.{kind}.{name}", str(exc)))
     return problems

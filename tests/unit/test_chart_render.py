@@ -301,3 +301,16 @@ def test_notes_tell_the_next_steps() -> None:
     notes = rm.render_notes({"operator": {"watchNamespaces": ["team-a"]}})
     assert "team-a" in notes and "dualpath.io/role=prefill" in notes
     assert "kubectl -n dualpath-system rollout status deployment/dualpath-operator" in notes
+
+
+def test_the_charts_operator_roles_grant_every_rule_the_operator_needs() -> None:
+    from dualpath_operator.permissions import OPERATOR_RULES
+
+    docs = render()
+    # ClusterRoles for the clusters' namespaces; a Role in its own namespace (the Lease).
+    roles = [*by_kind(docs, "ClusterRole"), *by_kind(docs, "Role")]
+    granted = [rule for role in roles for rule in role["rules"]]
+    for rule in OPERATOR_RULES:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert allows(granted, group, resource, set(rule["verbs"])), (group, resource)

@@ -65,7 +65,7 @@ def test_crd_names_status_and_printer_columns():
     version = crd["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Ready", "Prefill", "Decode", "Policy", "Age"]
+    assert columns == ["Ready", "Prefill", "Decode", "PE", "DE", "Policy", "Age"]
     # Every printer column points at a field that exists in the schema.
     schema = _schema()
     for column in version["additionalPrinterColumns"]:

@@ -414,7 +414,14 @@ def test_policy_enum_matches_the_controllers_registry():
 def test_the_operator_holds_every_permission_it_uses_and_grants():
     from dualpath_operator.permissions import allows
 
-    for caps in (OLD, NEW):
+    everything = Capabilities(
+        pdb_api_version="policy/v1",
+        network_attachments=True,
+        service_monitors=True,
+        cert_manager=True,
+        inference_pools=True,
+    )
+    for caps in (OLD, NEW, everything):
         for kind in children.CHILD_KINDS:
             rt = kind.resource(caps)
             if rt is None:

@@ -101,3 +101,33 @@ async def test_addon_crd_events_rediscover_and_requeue_every_cluster():
     )
     assert caps.invalidated == 1 and ("ns", "demo") in q._dirty
     await asyncio.sleep(0)
+
+
+def engine_pod(ready: str = "True", ip: str = "10.244.1.7", role: str = "decode") -> dict[str, Any]:
+    return {
+        "kind": "Pod",
+        "metadata": {
+            "name": "mine-0",
+            "namespace": "ns",
+            "resourceVersion": ip + ready,
+            "labels": {"dualpath.io/cluster": "demo", "dualpath.io/engine": role},
+        },
+        "spec": {"nodeName": "node-b", "containers": [{"name": "vllm"}]},
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "hostIP": "10.244.1.1",
+            "conditions": [{"type": "Ready", "status": ready}],
+        },
+    }
+
+
+async def test_engine_pod_events_queue_their_cluster_only_when_what_the_router_needs_changed():
+    rt, q, _ = await _runtime()
+    assert rt.on_engine_pod_event("ADDED", engine_pod("False"))
+    assert not rt.on_engine_pod_event("MODIFIED", engine_pod("False"))  # nothing we read moved
+    assert rt.on_engine_pod_event("MODIFIED", engine_pod("True"))  # became Ready
+    assert rt.on_engine_pod_event("MODIFIED", engine_pod("True", ip="10.244.1.8"))
+    assert rt.on_engine_pod_event("DELETED", engine_pod("True", ip="10.244.1.8"))
+    assert not rt.on_engine_pod_event("ADDED", engine_pod(role="both"))  # not an engine role
+    assert ("ns", "demo") in q._dirty or ("ns", "demo") in q._timers

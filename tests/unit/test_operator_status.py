@@ -97,6 +97,8 @@ def test_all_ready():
         "NetworkReady": ("True", "NoAttachments"),
         "MonitoringReady": ("True", "ServiceMonitorNotRequested"),
         "CertificatesReady": ("True", "OperatorIssued"),
+        "EnginesReady": ("True", "NotRequested"),
+        "InferencePoolReady": ("True", "NotRequested"),
     }
     assert status.agents.prefill.summary == "2/2"
     assert status.observed_generation == 3

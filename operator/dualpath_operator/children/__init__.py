@@ -12,26 +12,42 @@ from dualpath_operator.children import (
     configmap,
     daemonset,
     deployment,
+    engines,
+    engines_config,
+    inferencepool,
     nad,
     networkpolicy,
     pdb,
     rbac,
+    router,
     service,
     servicemonitor,
 )
 from dualpath_operator.children.common import ChildKind, ClusterContext
-from dualpath_operator.constants import LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY_VALUE
+from dualpath_operator.constants import (
+    LABEL_CLUSTER,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    MANAGED_BY_VALUE,
+)
 from dualpath_operator.kube import ApiError, KubeClient, Obj
 
 CHILD_KINDS: tuple[ChildKind, ...] = (
     *rbac.KINDS,
     *certmanager.KINDS,
     configmap.KIND,
+    engines_config.KIND,
     service.KIND,
+    router.SERVICE_KIND,
+    inferencepool.SERVICE_KIND,
     networkpolicy.KIND,
     nad.KIND,
     daemonset.KIND,
+    engines.KIND,
     deployment.KIND,
+    router.DEPLOYMENT_KIND,
+    inferencepool.DEPLOYMENT_KIND,
+    inferencepool.POOL_KIND,
     pdb.KIND,
     servicemonitor.KIND,
 )
@@ -49,8 +65,9 @@ def owned_by(obj: Obj, uid: str) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
-def child_selector(ctx: ClusterContext) -> str:
-    return f"{LABEL_CLUSTER}={ctx.name},{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
+def child_selector(ctx: ClusterContext, component: str | None = None) -> str:
+    selector = f"{LABEL_CLUSTER}={ctx.name},{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"
+    return f"{selector},{LABEL_COMPONENT}={component}" if component else selector
 
 
 async def delete(
@@ -63,7 +80,7 @@ async def delete(
         return []
     deleted = []
     try:
-        found = await kube.list(rt, ctx.namespace, child_selector(ctx))
+        found = await kube.list(rt, ctx.namespace, child_selector(ctx, kind.component))
     except ApiError as exc:
         if exc.status == 404:  # the kind itself went away (its CRD was removed)
             return []

@@ -31,6 +31,7 @@ from dualpath_operator.constants import (
     MANAGED_BY_VALUE,
 )
 from dualpath_operator.discovery import Capabilities
+from dualpath_operator.engine_pods import EnginePod
 from dualpath_operator.kube import Obj, ResourceType
 from dualpath_operator.policy import resolved_policy_params
 from dualpath_operator.quantity import quantity_bytes
@@ -55,6 +56,9 @@ class ClusterContext:
     generation: int
     spec: DualPathClusterSpec
     capabilities: Capabilities
+    # Observed, not desired: the cluster's engine pods (managed and attached) as they are
+    # now. Only the router's engines file is built from them.
+    engine_pods: tuple[EnginePod, ...] = ()
 
     # --- names -------------------------------------------------------------------------
     @property
@@ -82,6 +86,47 @@ class ClusterContext:
 
     def attachment_name(self, attachment: str) -> str:
         return f"{self.name}-{attachment}"
+
+    # --- engines -----------------------------------------------------------------------
+    def engine_daemonset_name(self, role: str, instance: int) -> str:
+        return f"{self.name}-{role}-engine-{instance}"
+
+    @property
+    def router_name(self) -> str:
+        return f"{self.name}-router"
+
+    @property
+    def picker_name(self) -> str:
+        return f"{self.name}-picker"
+
+    @property
+    def engines_config_map_name(self) -> str:
+        """The router's engines file (the Ready engine pods), kept by the operator."""
+        return f"{self.name}-engines"
+
+    @property
+    def connector_config_map_name(self) -> str:
+        """The KV connector's settings every engine imports (the attach-mode convention)."""
+        return f"{self.name}-connector"
+
+    @property
+    def router_endpoint(self) -> str:
+        assert self.spec.engines is not None
+        return f"http://{self.router_name}.{self.namespace}.svc:{self.spec.engines.router.port}"
+
+    @property
+    def served_model_name(self) -> str:
+        """What clients put in "model", and the root of the KV block hash chains (the router
+        and every engine must agree on it)."""
+        engines = self.spec.engines
+        model = engines.model if engines else None
+        if model is None:
+            return "model"
+        if model.served_model_name:
+            return model.served_model_name
+        if model.path:
+            return model.path.rstrip("/").rsplit("/", 1)[-1]
+        return model.generated or "model"
 
     @property
     def controller_address(self) -> str:
@@ -248,7 +293,7 @@ class ChildKind:
 
     `resource(caps)` is None when the cluster does not serve the kind (e.g. no Multus CRD);
     `prune` kinds may come and go with the spec, so objects of them that the spec no longer
-    asks for are deleted. `phase` orders applies: identities and config before workloads.
+    asks for are deleted (only those labelled with `component`, when it is set). `phase` orders applies: identities and config before workloads.
     """
 
     name: str
@@ -256,3 +301,6 @@ class ChildKind:
     build: Builder
     prune: bool = False
     phase: int = 0
+    # Pruning deletes only this component's objects (several kinds share a resource: the
+    # agent and engine DaemonSets, say); None: every object of the resource.
+    component: str | None = None

@@ -53,8 +53,11 @@ def default_args(ctx: ClusterContext, role: str) -> list[str]:
         args += ["--device-bytes", str(quantity_bytes(agent.gpu_memory_budget))]
     if spec.storage.read_bandwidth_cap_gbps:
         args += ["--snic-read-gbps", f"{spec.storage.read_bandwidth_cap_gbps:g}"]
-    for gpu in range(pool.gpus_per_node):
-        args += ["--engine", f"$(NODE_NAME)-gpu{gpu}"]
+    if spec.engines is None:
+        # Engines wired by hand: the agent registers one per GPU and reports their load.
+        # With spec.engines the router registers the real engines instead.
+        for gpu in range(pool.gpus_per_node):
+            args += ["--engine", f"$(NODE_NAME)-gpu{gpu}"]
     return [*args, "--log-level", agent.log_level.upper()]
 
 
@@ -117,6 +120,16 @@ def node_affinity(ctx: ClusterContext, role: str) -> Obj | None:
     }
 
 
+def grpc_port(ctx: ClusterContext) -> Obj:
+    port: Obj = {"name": "grpc", "containerPort": ctx.spec.agent.grpc_port, "protocol": "TCP"}
+    if ctx.spec.engines is not None and not ctx.spec.agent.host_network:
+        # Engines reach their own node's agent at <node IP>:<this port> (children/engines.py):
+        # an address every engine pod learns from the downward API, stable across agent
+        # restarts, and never another node's agent.
+        port["hostPort"] = ctx.spec.agent.grpc_port
+    return port
+
+
 def agent_container(ctx: ClusterContext, role: str) -> Obj:
     agent = ctx.spec.agent
     _, config_mount = pod.config_volume(ctx)
@@ -141,7 +154,7 @@ def agent_container(ctx: ClusterContext, role: str) -> Obj:
         "imagePullPolicy": agent.image_pull_policy,
         **pod.common_args(agent.command, agent.args, default_args(ctx, role), agent.extra_args),
         "ports": [
-            {"name": "grpc", "containerPort": agent.grpc_port, "protocol": "TCP"},
+            grpc_port(ctx),
             {"name": "metrics", "containerPort": agent.metrics_port, "protocol": "TCP"},
         ],
         "env": env,

@@ -11,16 +11,16 @@ def _var(name: str, value: object) -> Obj:
     return {"name": name, "value": str(value)}
 
 
-def _field_ref(name: str, path: str) -> Obj:
+def field_ref(name: str, path: str) -> Obj:
     return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
 
 
 def pod_identity_env() -> list[Obj]:
     return [
-        _field_ref("NODE_NAME", "spec.nodeName"),
-        _field_ref("POD_NAME", "metadata.name"),
-        _field_ref("POD_NAMESPACE", "metadata.namespace"),
-        _field_ref("POD_IP", "status.podIP"),
+        field_ref("NODE_NAME", "spec.nodeName"),
+        field_ref("POD_NAME", "metadata.name"),
+        field_ref("POD_NAMESPACE", "metadata.namespace"),
+        field_ref("POD_IP", "status.podIP"),
     ]
 
 

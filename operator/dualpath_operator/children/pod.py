@@ -37,16 +37,17 @@ def extra_env(env: list[EnvVar]) -> list[Obj]:
 def template_annotations(ctx: ClusterContext, metrics_port: int) -> dict[str, str]:
     # A changed resolved config changes this hash, which changes the pod template and so
     # rolls the pods: the config file is read at start only.
-    out = {ANNOTATION_CONFIG_HASH: ctx.config_hash}
-    if ctx.spec.monitoring.metrics:
-        out.update(
-            {
-                "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(metrics_port),
-                "prometheus.io/path": "/metrics",
-            }
-        )
-    return out
+    return {ANNOTATION_CONFIG_HASH: ctx.config_hash, **metrics_annotations(ctx, metrics_port)}
+
+
+def metrics_annotations(ctx: ClusterContext, metrics_port: int) -> dict[str, str]:
+    if not ctx.spec.monitoring.metrics:
+        return {}
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(metrics_port),
+        "prometheus.io/path": "/metrics",
+    }
 
 
 def config_volume(ctx: ClusterContext) -> tuple[Obj, Obj]:

@@ -1,0 +1,183 @@
+"""Gateway API Inference Extension: an InferencePool of the cluster's prefill engines, and
+its endpoint picker (`dualpath picker`, an Envoy ext_proc server) as Deployment + Service.
+
+Only where the cluster serves inference.networking.k8s.io/v1 InferencePool; elsewhere the
+InferencePoolReady condition says it was skipped. The pool holds the prefill engines because
+ext_proc names one destination: the picked prefill engine serves the whole request, loading
+its cached prefix by the read path the traffic controller chose (the decode node's storage
+NIC still serves DE_READ and SPLIT loads).
+"""
+
+from __future__ import annotations
+
+from dualpath_operator.children import pod, security
+from dualpath_operator.children.common import ChildKind, ClusterContext, model_geometry
+from dualpath_operator.children.deployment import DEPLOYMENT
+from dualpath_operator.children.engines_config import ENGINES_FILE, engines_volume
+from dualpath_operator.children.env import pod_identity_env
+from dualpath_operator.children.service import SERVICE
+from dualpath_operator.constants import LABEL_CLUSTER, LABEL_ENGINE
+from dualpath_operator.discovery import Capabilities
+from dualpath_operator.kube import Obj, ResourceType
+
+INFERENCE_POOL = ResourceType("inference.networking.k8s.io/v1", "InferencePool", "inferencepools")
+COMPONENT = "picker"
+PICKER_SCRATCH_SIZE = "64Mi"
+
+
+def wanted(ctx: ClusterContext) -> bool:
+    return ctx.spec.engines is not None and ctx.capabilities.inference_pools
+
+
+def inference_pool(ctx: ClusterContext) -> Obj:
+    engines = ctx.spec.engines
+    assert engines is not None
+    return {
+        "apiVersion": INFERENCE_POOL.api_version,
+        "kind": INFERENCE_POOL.kind,
+        "metadata": ctx.metadata(ctx.name, COMPONENT),
+        "spec": {
+            # Managed and attached prefill engines alike (the attach-mode labels).
+            "selector": {"matchLabels": {LABEL_CLUSTER: ctx.name, LABEL_ENGINE: "prefill"}},
+            "targetPorts": [{"number": engines.port}],
+            "endpointPickerRef": {
+                "name": ctx.picker_name,
+                "port": {"number": engines.picker.port},
+                # No picker, no routing: without the controller's choice a request would
+                # land on an engine with no load parameters.
+                "failureMode": "FailClose",
+            },
+        },
+    }
+
+
+def default_args(ctx: ClusterContext) -> list[str]:
+    engines = ctx.spec.engines
+    assert engines is not None
+    _, engines_mount = engines_volume(ctx)
+    _, layers, bytes_per_token_layer = model_geometry(ctx.spec)
+    return [
+        "picker",
+        "--listen",
+        f"0.0.0.0:{engines.picker.port}",
+        "--metrics-port",
+        str(engines.picker.metrics_port),
+        "--controller",
+        ctx.controller_address,
+        *pod.mtls_args(),
+        "--engines-file",
+        f"{engines_mount['mountPath']}/{ENGINES_FILE}",
+        "--block-tokens",
+        str(ctx.spec.storage.block_tokens),
+        "--hash-namespace",
+        ctx.served_model_name,
+        "--kv-bytes-per-token",
+        str(layers * bytes_per_token_layer),
+        "--json-logs",
+        *engines.picker.extra_args,
+    ]
+
+
+def picker_deployment(ctx: ClusterContext) -> Obj:
+    engines = ctx.spec.engines
+    assert engines is not None
+    picker = engines.picker
+    engines_vol, engines_mount = engines_volume(ctx)
+    # The picker calls the controller and the agents as the router does: the router's
+    # identity (it looks up prefixes and schedules; it never moves KV).
+    mtls_vol, mtls_mount = pod.mtls_volume(ctx, "router")
+    scratch, scratch_mount = security.scratch_volume(PICKER_SCRATCH_SIZE)
+    container: Obj = {
+        "name": "picker",
+        "image": engines.router.image or ctx.spec.image,
+        "imagePullPolicy": engines.router.image_pull_policy,
+        "command": ["dualpath"],
+        "args": default_args(ctx),
+        "ports": [
+            {"name": "grpc", "containerPort": picker.port, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": picker.metrics_port, "protocol": "TCP"},
+        ],
+        "env": [*pod_identity_env(), {"name": "DUALPATH_CLUSTER", "value": ctx.name}],
+        "volumeMounts": [engines_mount, mtls_mount, scratch_mount],
+        "securityContext": security.controller_container_security_context(),
+        "readinessProbe": pod.http_probe("/readyz", "metrics", period=5, failures=3),
+        "livenessProbe": pod.http_probe("/healthz", "metrics", period=10, failures=6),
+    }
+    res = pod.resources(picker.resources)
+    if res:
+        container["resources"] = res
+    selector = ctx.selector_labels(COMPONENT)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ctx.metadata(ctx.picker_name, COMPONENT),
+        "spec": {
+            "replicas": picker.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": ctx.labels(COMPONENT),
+                    "annotations": pod.metrics_annotations(ctx, picker.metrics_port),
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": security.controller_pod_security_context(),
+                    "containers": [container],
+                    "volumes": [engines_vol, mtls_vol, scratch],
+                    "terminationGracePeriodSeconds": 30,
+                },
+            },
+        },
+    }
+
+
+def picker_service(ctx: ClusterContext) -> Obj:
+    engines = ctx.spec.engines
+    assert engines is not None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ctx.metadata(ctx.picker_name, COMPONENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": ctx.selector_labels(COMPONENT),
+            "ports": [
+                {
+                    "name": "grpc",
+                    "port": engines.picker.port,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    # ext_proc is gRPC: HTTP/2 without TLS.
+                    "appProtocol": "kubernetes.io/h2c",
+                }
+            ],
+        },
+    }
+
+
+def pool_resource(caps: Capabilities) -> ResourceType | None:
+    return INFERENCE_POOL if caps.inference_pools else None
+
+
+POOL_KIND = ChildKind(
+    "inferencepool",
+    pool_resource,
+    lambda ctx: [inference_pool(ctx)] if wanted(ctx) else [],
+    prune=True,
+    phase=1,
+)
+DEPLOYMENT_KIND = ChildKind(
+    "picker-deployment",
+    lambda caps: DEPLOYMENT,
+    lambda ctx: [picker_deployment(ctx)] if wanted(ctx) else [],
+    prune=True,
+    phase=1,
+    component=COMPONENT,
+)
+SERVICE_KIND = ChildKind(
+    "picker-service",
+    lambda caps: SERVICE,
+    lambda ctx: [picker_service(ctx)] if wanted(ctx) else [],
+    prune=True,
+    component=COMPONENT,
+)

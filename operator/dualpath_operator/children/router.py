@@ -1,0 +1,142 @@
+"""The router (`dualpath router`): Deployment and Service in front of the engines.
+
+It registers the engines of the engines file (`engines_config.py`) with the traffic
+controller, reports their load, and serves OpenAI requests by the controller's choice.
+"""
+
+from __future__ import annotations
+
+from dualpath_operator.children import pod, security
+from dualpath_operator.children.common import ChildKind, ClusterContext, model_geometry
+from dualpath_operator.children.deployment import DEPLOYMENT
+from dualpath_operator.children.engines_config import ENGINES_FILE, engines_volume
+from dualpath_operator.children.env import pod_identity_env
+from dualpath_operator.children.service import SERVICE
+from dualpath_operator.kube import Obj
+
+COMPONENT = "router"
+ROUTER_SCRATCH_SIZE = "64Mi"
+
+
+def default_args(ctx: ClusterContext) -> list[str]:
+    engines = ctx.spec.engines
+    assert engines is not None
+    router = engines.router
+    _, engines_mount = engines_volume(ctx)
+    _, layers, bytes_per_token_layer = model_geometry(ctx.spec)
+    return [
+        "router",
+        "--listen",
+        f"0.0.0.0:{router.port}",
+        "--controller",
+        ctx.controller_address,
+        *pod.mtls_args(),
+        "--engines-file",
+        f"{engines_mount['mountPath']}/{ENGINES_FILE}",
+        "--block-tokens",
+        str(ctx.spec.storage.block_tokens),
+        "--hash-namespace",
+        ctx.served_model_name,
+        "--kv-bytes-per-token",
+        str(layers * bytes_per_token_layer),
+        "--json-logs",
+        "--log-level",
+        router.log_level.upper(),
+        *router.extra_args,
+    ]
+
+
+def router_deployment(ctx: ClusterContext) -> Obj:
+    engines = ctx.spec.engines
+    assert engines is not None
+    router = engines.router
+    engines_vol, engines_mount = engines_volume(ctx)
+    mtls_vol, mtls_mount = pod.mtls_volume(ctx, "router")
+    scratch, scratch_mount = security.scratch_volume(ROUTER_SCRATCH_SIZE)
+    container: Obj = {
+        "name": "router",
+        "image": router.image or ctx.spec.image,
+        "imagePullPolicy": router.image_pull_policy,
+        "command": ["dualpath"],
+        "args": default_args(ctx),
+        "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"}],
+        "env": [*pod_identity_env(), {"name": "DUALPATH_CLUSTER", "value": ctx.name}],
+        "volumeMounts": [engines_mount, mtls_mount, scratch_mount],
+        "securityContext": security.controller_container_security_context(),
+        # /healthz: the controller answers and a prefill and a decode engine are known.
+        "readinessProbe": pod.http_probe("/healthz", "http", period=5, failures=3),
+        "livenessProbe": {
+            "tcpSocket": {"port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+    }
+    res = pod.resources(router.resources)
+    if res:
+        container["resources"] = res
+    selector = ctx.selector_labels(COMPONENT)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ctx.metadata(ctx.router_name, COMPONENT),
+        "spec": {
+            "replicas": router.replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {
+                    "labels": ctx.labels(COMPONENT),
+                    "annotations": pod.metrics_annotations(ctx, router.port),
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": security.controller_pod_security_context(),
+                    "containers": [container],
+                    "volumes": [engines_vol, mtls_vol, scratch],
+                    "terminationGracePeriodSeconds": 30,
+                },
+            },
+        },
+    }
+
+
+def router_service(ctx: ClusterContext) -> Obj:
+    engines = ctx.spec.engines
+    assert engines is not None
+    router = engines.router
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ctx.metadata(ctx.router_name, COMPONENT),
+        "spec": {
+            "type": router.service_type,
+            "selector": ctx.selector_labels(COMPONENT),
+            "ports": [
+                {"name": "http", "port": router.port, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def build_deployment(ctx: ClusterContext) -> list[Obj]:
+    return [] if ctx.spec.engines is None else [router_deployment(ctx)]
+
+
+def build_service(ctx: ClusterContext) -> list[Obj]:
+    return [] if ctx.spec.engines is None else [router_service(ctx)]
+
+
+DEPLOYMENT_KIND = ChildKind(
+    "router-deployment",
+    lambda caps: DEPLOYMENT,
+    build_deployment,
+    prune=True,
+    phase=1,
+    component=COMPONENT,
+)
+SERVICE_KIND = ChildKind(
+    "router-service", lambda caps: SERVICE, build_service, prune=True, component=COMPONENT
+)
