@@ -771,6 +771,188 @@ def test_network_attachments_follow_the_multus_crd(env):
                 ext.delete_custom_resource_definition(crd["metadata"]["name"])
 
 
+ENGINES_SPEC = {
+    "image": "localhost/dualpath-engine:test",
+    "model": {"generated": "tiny-llama"},
+    "prefill": {"instancesPerNode": 1},
+    "decode": {"instancesPerNode": 0},  # the decode engine is attached: a pod of our own
+}
+
+
+def _engine_pod_status(cluster: Cluster, name: str, pod_ip: str, host_ip: str, ready: bool) -> None:
+    """What the kubelet reports of a running engine (run_pods knows no host IPs)."""
+    t = now()
+    flag = "True" if ready else "False"
+    cluster.core.patch_namespaced_pod_status(
+        name,
+        cluster.ns,
+        {
+            "status": {
+                "phase": "Running",
+                "podIP": pod_ip,
+                "hostIP": host_ip,
+                "conditions": [
+                    {"type": c, "status": flag, "lastTransitionTime": t}
+                    for c in ("Ready", "ContainersReady")
+                ],
+            }
+        },
+    )
+
+
+def _engines_file(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    cm = cluster.core.read_namespaced_config_map(f"{name}-engines", cluster.ns)
+    return list(yaml.safe_load(cm.data["engines.yaml"])["engines"])
+
+
+def test_engines_managed_and_attached_feed_the_router_and_the_status(env):
+    cluster, _ = env
+    nodes = cluster.nodes  # type: ignore[attr-defined]
+    prefill_node, decode_node = nodes[0], nodes[1]
+    cluster.create("eng", {"engines": ENGINES_SPEC})
+    wanted = {
+        "ConfigMap/eng-connector",
+        "ConfigMap/eng-engines",
+        "Deployment/eng-router",
+        "Service/eng-router",
+        "DaemonSet/eng-prefill-engine-0",
+    }
+    wait_for("engine children", lambda: wanted <= set(cluster.children("eng")), timeout=30)
+    cond = cluster.wait_condition("eng", "EnginesReady", "False", "NoDecodeEngines")
+    assert "dualpath.io/engine=decode" in cond["message"]  # says how to attach one
+    cond = cluster.wait_condition("eng", "InferencePoolReady", "False", "InferencePoolCRDMissing")
+    assert "skipped" in cond["message"]
+    # The agents on engine nodes publish their gRPC port on the node for the engines.
+    agent = cluster.daemonset("eng-prefill-agent")["spec"]["template"]["spec"]["containers"][0]
+    assert any(p.get("hostPort") == 50061 for p in agent["ports"])
+
+    # Attach a decode engine: the documented labels and a port named http, nothing else.
+    attached = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "my-decode-engine",
+            "labels": {"dualpath.io/cluster": "eng", "dualpath.io/engine": "decode"},
+        },
+        "spec": {
+            "nodeName": decode_node,
+            "tolerations": [{"key": FAKE_TAINT["key"], "operator": "Exists"}],
+            "containers": [
+                {
+                    "name": "vllm",
+                    "image": "my/vllm:1",
+                    "ports": [{"name": "http", "containerPort": 8123}],
+                }
+            ],
+        },
+    }
+    cluster.core.create_namespaced_pod(cluster.ns, attached)
+    for node in nodes:
+        cluster.heartbeat(node)
+    wait_for(
+        "the managed prefill engine pod",
+        lambda: (
+            cluster.core.list_namespaced_pod(
+                cluster.ns, label_selector="dualpath.io/cluster=eng,dualpath.io/engine=prefill"
+            ).items
+        ),
+        timeout=30,
+    )
+    # Everything runs (agents, controller, router), then the engines report their addresses.
+    cluster.run_pods(node_for_unbound=prefill_node)
+    managed = cluster.core.list_namespaced_pod(
+        cluster.ns, label_selector="dualpath.io/cluster=eng,dualpath.io/engine=prefill"
+    ).items[0]
+    _engine_pod_status(cluster, managed.metadata.name, "10.250.0.9", "10.250.0.1", ready=True)
+    _engine_pod_status(cluster, "my-decode-engine", "10.250.1.5", "10.250.1.1", ready=True)
+
+    def both_listed() -> list[dict[str, Any]] | None:
+        entries = _engines_file(cluster, "eng")
+        return entries if len(entries) == 2 else None
+
+    entries = {e["role"]: e for e in wait_for("engines file with both", both_listed, timeout=30)}
+    assert entries["prefill"] == {
+        "id": managed.metadata.name,
+        "role": "prefill",
+        "url": "http://10.250.0.9:8000",
+        "node": managed.spec.node_name,
+        "agent": "10.250.0.1:50061",  # its own node's agent
+    }
+    assert entries["decode"]["url"] == "http://10.250.1.5:8123"
+    assert entries["decode"]["agent"] == "10.250.1.1:50061"
+    cond = cluster.wait_condition("eng", "EnginesReady", "True", "EnginesReady")
+    assert "eng-router" in cond["message"]
+    status = cluster.get("eng")["status"]
+    assert status["engines"]["prefill"]["summary"] == "1/1"
+    assert (status["engines"]["decode"]["summary"], status["engines"]["decode"]["attached"]) == (
+        "1/1",
+        1,
+    )
+    cluster.wait_condition("eng", "Ready", "True", "AllComponentsReady")
+
+    # An engine that turns unready leaves the router's file and holds Ready.
+    _engine_pod_status(cluster, "my-decode-engine", "10.250.1.5", "10.250.1.1", ready=False)
+    wait_for(
+        "the unready engine to leave the file", lambda: len(_engines_file(cluster, "eng")) == 1
+    )
+    cluster.wait_condition("eng", "EnginesReady", "False", "EnginesNotReady")
+    cluster.wait_condition("eng", "Ready", "False", "EnginesNotReady")
+
+    # A connector change rolls the managed engines (a new pod template).
+    def template_hash() -> str:
+        ds = cluster.daemonset("eng-prefill-engine-0")
+        return str(ds["spec"]["template"]["metadata"]["annotations"]["dualpath.io/connector-hash"])
+
+    before = template_hash()
+    cluster.patch_spec("eng", {"engines": {"loadMode": "async"}})
+    wait_for("engines rolled", lambda: template_hash() != before, timeout=30)
+    connector = cluster.core.read_namespaced_config_map("eng-connector", cluster.ns)
+    assert '"load_mode": "async"' in connector.data["DUALPATH_KV_TRANSFER_CONFIG"]
+
+    # Where the InferencePool CRD is served: the pool and its picker.
+    ext = client.ApiextensionsV1Api(cluster.api)
+    pool_crd = simple_crd("inference.networking.k8s.io", "inferencepools", "InferencePool")
+    # A *.k8s.io group: the API server wants the approval its real CRD carries.
+    pool_crd["metadata"]["annotations"] = {
+        "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api-inference-extension"
+    }
+    install_crd(ext, pool_crd)
+    try:
+        pool = wait_for(
+            "InferencePool eng",
+            lambda: cluster.co.get_namespaced_custom_object(
+                "inference.networking.k8s.io", "v1", cluster.ns, "inferencepools", "eng"
+            ),
+            timeout=30,
+        )
+        assert pool["spec"]["endpointPickerRef"]["name"] == "eng-picker"
+        wait_for(
+            "picker Deployment and Service",
+            lambda: {"Deployment/eng-picker", "Service/eng-picker"} <= set(cluster.children("eng")),
+            timeout=30,
+        )
+        cluster.wait_condition("eng", "InferencePoolReady", "False", "PickerNotReady")
+    finally:
+        with contextlib.suppress(ApiException):
+            ext.delete_custom_resource_definition(pool_crd["metadata"]["name"])
+
+    # spec.engines removed: every engine child goes, the agents stay and drop the hostPort.
+    cluster.patch_spec("eng", {"engines": None})
+
+    def engines_pruned() -> bool:
+        names = set(cluster.children("eng"))
+        return not (wanted | {"Deployment/eng-picker", "Service/eng-picker"}) & names and (
+            "DaemonSet/eng-prefill-agent" in names
+        )
+
+    wait_for("engine children pruned", engines_pruned, timeout=30)
+    cluster.wait_condition("eng", "EnginesReady", "True", "NotRequested")
+    agent = cluster.daemonset("eng-prefill-agent")["spec"]["template"]["spec"]["containers"][0]
+    assert not any(p.get("hostPort") for p in agent["ports"])
+    cluster.co.delete_namespaced_custom_object(GROUP, VERSION, cluster.ns, PLURAL, "eng")
+    cluster.core.delete_namespaced_pod("my-decode-engine", cluster.ns)
+
+
 def test_deleting_the_cluster_garbage_collects_children(env):
     cluster, _ = env
     assert cluster.children("beta")
