@@ -546,3 +546,80 @@ def test_connector_names_an_unset_variable_rather_than_dialling_a_literal():
         {"agent_endpoint": "127.0.0.1:7001", "insecure": True}, default_namespace="m", environ={}
     )
     assert plain.agent_endpoint == "127.0.0.1:7001"
+
+
+# --- the samples: attach mode's documented convention is the one the operator reads --------
+
+SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
+
+
+def sample_ctx() -> ClusterContext:
+    import yaml
+
+    obj = yaml.safe_load((SAMPLES / "dualpathcluster-engines.yaml").read_text())
+    spec, problems = parse_spec(obj["spec"])
+    assert spec is not None and problems == [], problems
+    return ClusterContext(
+        name=obj["metadata"]["name"],
+        namespace="ns1",
+        uid="u",
+        generation=1,
+        spec=spec,
+        capabilities=CAPS,
+    )
+
+
+def test_the_attached_engine_sample_follows_the_convention_the_operator_reads():
+    import yaml
+    from dualpath_operator.mtls import MTLS_MOUNT_DIR, leaf_secret_name
+
+    c = sample_ctx()
+    deployment = yaml.safe_load((SAMPLES / "attached-engine.yaml").read_text())
+    template = deployment["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    assert engine_cluster({"metadata": {"namespace": "ns1", **template["metadata"]}}) == (
+        "ns1",
+        c.name,
+    )
+    assert container["envFrom"] == [{"configMapRef": {"name": c.connector_config_map_name}}]
+    args = container["args"]
+    kv = args[args.index("--kv-transfer-config") + 1]
+    assert kv == f"$({engines_config.KV_TRANSFER_CONFIG_VAR})"
+    assert f"--block-size={c.spec.storage.block_tokens}" in args
+    assert f"--served-model-name={c.served_model_name}" in args
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {
+        engines_config.HOST_IP_VAR: "status.hostIP",
+        engines_config.ENGINE_ID_VAR: "metadata.name",
+    }
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    secrets = {
+        v["name"]: v.get("secret", {}).get("secretName") for v in template["spec"]["volumes"]
+    }
+    assert mounts["mtls"] == MTLS_MOUNT_DIR
+    assert secrets["mtls"] == leaf_secret_name(c.name, "engine")
+    pod = {
+        "metadata": {"name": "x", "namespace": "ns1", **template["metadata"]},
+        "spec": template["spec"],
+        "status": {},
+    }
+    engine = observe_engine_pod(pod, default_port=1)
+    assert engine is not None and (engine.role, engine.port, engine.managed) == (
+        "decode",
+        8000,
+        False,
+    )
+    # A managed engine of the same cluster imports the very same variables.
+    managed = engines.engine_container(c, "decode")
+    assert managed["envFrom"] == container["envFrom"]
+    assert {e["name"] for e in managed["env"]} >= set(env)
+
+
+def test_the_engines_sample_runs_one_engine_per_role_node_and_a_router():
+    c = sample_ctx()
+    assert [d["metadata"]["name"] for d in engines.build(c)] == [
+        "engines-prefill-engine-0",
+        "engines-decode-engine-0",
+    ]
+    assert router.build_deployment(c)
+    assert c.served_model_name == "tiny-llama"
