@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "dualpath_router.cli",
         "OpenAI-compatible front door of prefill/decode vLLM engines",
     ),
+    "picker": (
+        "dualpath_router.picker.cli",
+        "Gateway API Inference Extension endpoint picker (Envoy ext_proc) for the engines",
+    ),
 }
 
 

@@ -25,6 +25,12 @@ class Role(StrEnum):
     PREFILL = "prefill"
     # Decode of a P/D pair: load what the prefill handed over from the own (decode) agent.
     DECODE = "decode"
+    # Prefill and decode on this one engine (a gateway's endpoint picker routes the whole
+    # request here): load by the controller's read path like a prefill (DE_READ/SPLIT: the
+    # decode node's agent reads storage and writes to this engine), persist new blocks
+    # through the own agent like a standalone engine (no decode engine takes them over),
+    # and generate the whole answer.
+    WHOLE = "whole"
 
 
 class ReadPathName(StrEnum):

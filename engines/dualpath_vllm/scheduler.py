@@ -214,7 +214,9 @@ class DualPathScheduler:
 
     def _save_endpoint(self, params: DualPathParams) -> str:
         # The prefill hands what the decode side lacks to the decode agent; everyone else
-        # persists through the own node's agent.
+        # (standalone, decode, and a whole request on one engine, which loads by the read
+        # path like a prefill but has no decode engine to hand over to) persists through
+        # the own node's agent.
         if params.role is Role.PREFILL and params.decode_agent_endpoint:
             return params.decode_agent_endpoint
         return self.config.agent_endpoint

@@ -9,6 +9,10 @@ controller. It registers the engines it fronts and reports their load from vLLM'
 Modules, one concept each: `config` (engines and flags), `errors` (the OpenAI error
 answer), `openai_models` (request validation), `rewrite` (prefill/decode bodies),
 `vllm_metrics` (engine load from vLLM's /metrics), `engines` (HTTP pool, load polling and
-reporting), `prefix` (cached-prefix lookup), `proxy` (the per-request flow), `metrics`,
-`app` (HTTP routes and lifetimes), `cli`, `process` (run it as a child process).
+reporting), `prefix` (cached-prefix lookup), `tokenize` (prompt token ids via an engine's
+/tokenize), `proxy` (the per-request flow), `metrics`, `app` (HTTP routes and lifetimes),
+`cli`, `process` (run it as a child process).
+
+`picker/` is `dualpath picker`, the Gateway API Inference Extension endpoint picker (Envoy
+ext_proc): the same decision, answered to a gateway as a destination instead of proxied.
 """

@@ -35,10 +35,11 @@ from dualpath_router.config import EngineSpec, RouterConfig
 from dualpath_router.engines import EnginePool
 from dualpath_router.errors import RouterError
 from dualpath_router.metrics import RouterMetrics
-from dualpath_router.openai_models import Endpoint, ValidRequest, token_ids, validate_request
+from dualpath_router.openai_models import Endpoint, ValidRequest, validate_request
 from dualpath_router.prefix import PrefixLookup
 from dualpath_router.rewrite import Route, decode_body, prefill_body, salted_body
 from dualpath_router.tenancy import TenantSalts
+from dualpath_router.tokenize import excerpt, prompt_token_ids, upstream_error_message
 
 log = logging.getLogger("dualpath.router.proxy")
 
@@ -56,17 +57,6 @@ NOT_BOOKED = (
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.FAILED_PRECONDITION,
-)
-# Fields of a chat request that change how its messages are tokenized.
-CHAT_TOKENIZE_FIELDS = (
-    "add_generation_prompt",
-    "continue_final_message",
-    "add_special_tokens",
-    "chat_template",
-    "chat_template_kwargs",
-    "tools",
-    "documents",
-    "mm_processor_kwargs",
 )
 # Client headers passed on to the engines (an engine may require an API key).
 FORWARDED_HEADERS = ("authorization",)
@@ -171,24 +161,6 @@ async def until_disconnect(work: Coroutine[Any, Any, T], receive: Receive) -> T:
     return task.result()
 
 
-def _excerpt(data: bytes, limit: int = 300) -> str:
-    text = data.decode(errors="replace").strip()
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _upstream_error_message(data: bytes) -> str:
-    """The message of an engine's error JSON (vLLM's or OpenAI's shape), else an excerpt."""
-    try:
-        answer = json.loads(data)
-    except ValueError:
-        return _excerpt(data)
-    if isinstance(answer, dict):
-        inner = answer.get("error", answer)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return str(inner["message"])
-    return _excerpt(data)
-
-
 class Proxy:
     def __init__(
         self,
@@ -281,61 +253,9 @@ class Proxy:
 
     # ----- steps -----------------------------------------------------------------------------
     async def _token_ids(self, flow: RequestFlow) -> tuple[int, ...]:
-        request = flow.request
-        if request.prompt_token_ids is not None:
-            return request.prompt_token_ids
-        payload: dict[str, Any] = {}
-        if isinstance(request.body.get("model"), str):
-            payload["model"] = request.body["model"]
-        if request.messages is not None:
-            payload["messages"] = list(request.messages)
-            payload |= {k: request.body[k] for k in CHAT_TOKENIZE_FIELDS if k in request.body}
-        else:
-            payload["prompt"] = request.prompt_text
-            if "add_special_tokens" in request.body:
-                payload["add_special_tokens"] = request.body["add_special_tokens"]
-        problems = []
-        for spec in self._tokenizers():
-            try:
-                reply = await self.pool.http.post(
-                    f"{spec.url}/tokenize", json=payload, headers=flow.headers
-                )
-            except httpx.HTTPError as exc:
-                self.metrics.engine_errors.labels(spec.id, "unreachable").inc()
-                problems.append(f"{spec.id}: {type(exc).__name__}: {exc}")
-                continue
-            if reply.status_code >= 500:
-                self.metrics.engine_errors.labels(spec.id, "http_5xx").inc()
-                problems.append(f"{spec.id}: HTTP {reply.status_code}: {_excerpt(reply.content)}")
-                continue
-            if reply.status_code >= 400:
-                raise RouterError(
-                    reply.status_code,
-                    f"{request.prompt_param}: engine {spec.id} could not tokenize it: "
-                    f"{_upstream_error_message(reply.content)}",
-                    param=request.prompt_param,
-                    outcome=outcomes.ENGINE_REJECTED,
-                )
-            try:
-                tokens = reply.json().get("tokens")
-            except (ValueError, AttributeError):
-                tokens = None
-            if not isinstance(tokens, list):
-                problems.append(f"{spec.id}: /tokenize answered without a token list")
-                continue
-            return token_ids(tokens, request.prompt_param, self.config.max_prompt_tokens)
-        raise RouterError(
-            503,
-            "no engine could tokenize the prompt: " + ("; ".join(problems) or "no engine is up"),
-            outcome=outcomes.ENGINE_ERROR,
+        return await prompt_token_ids(
+            flow.request, self.pool, self.metrics, self.config.max_prompt_tokens, flow.headers
         )
-
-    def _tokenizers(self) -> list[EngineSpec]:
-        """Engines to tokenize on: those up first (prefill before decode), then the rest."""
-        states = sorted(
-            self.pool.states.values(), key=lambda s: (not s.up, s.spec.role != "prefill")
-        )
-        return [s.spec for s in states]
 
     def _prefill_done(self, request_id: str) -> None:
         """The prefill answered, so the request's read and prefill are done: the controller
@@ -418,14 +338,14 @@ class Proxy:
             self.metrics.engine_errors.labels(spec.id, "http_4xx").inc()
             error = RouterError(
                 response.status_code,
-                f"{role} engine {spec.id}: {_upstream_error_message(content)}",
+                f"{role} engine {spec.id}: {upstream_error_message(content)}",
                 outcome=outcomes.ENGINE_REJECTED,
             )
             error.upstream_body = content
             error.upstream_media_type = response.headers.get("content-type")
             return error
         return self._engine_failure(
-            spec, role, "http_5xx", f"HTTP {response.status_code}: {_excerpt(content)}"
+            spec, role, "http_5xx", f"HTTP {response.status_code}: {excerpt(content)}"
         )
 
     async def _prefill(self, flow: RequestFlow, route: Route) -> None:

@@ -4,7 +4,8 @@ Both are the client's body with a `kv_transfer_params.dualpath` entry that tells
 engines' DualPath KV connector which request this is, its role, and the agents that move
 its KV. The prefill engine computes the first token only (its KV lands at the decode side);
 the decode engine gets the client's own limits and streaming choice and produces the answer.
-Both carry the request's `cache_salt` (tenancy.py), so the engines' connectors hash the
+The endpoint picker's destination gets the client's body with role "whole" (it prefills and
+decodes). All carry the request's `cache_salt` (tenancy.py), so the engines' connectors hash the
 prompt under the same chain root as the router's Lookup did.
 """
 
@@ -80,6 +81,19 @@ def decode_params(route: Route) -> DualPathParams:
     )
 
 
+def whole_params(route: Route) -> DualPathParams:
+    """One engine serves the whole request (the endpoint picker sends it to the prefill
+    engine): it loads by the read path like a prefill and persists through its own agent."""
+    return DualPathParams(
+        request_id=route.request_id,
+        role=Role.WHOLE,
+        read_path=ReadPathName(route.read_path),
+        de_read_fraction=route.de_read_fraction,
+        decode_agent_endpoint=route.decode_agent_endpoint,
+        prefill_agent_endpoint=route.prefill_agent_endpoint,
+    )
+
+
 def salted_body(body: Mapping[str, Any], cache_salt: str | None) -> dict[str, Any]:
     """The client's body with the request's cache salt: the client's own is kept as sent; a
     salt the router derived (tenant header) replaces it. No salt: no `cache_salt` field."""
@@ -106,4 +120,12 @@ def decode_body(body: Mapping[str, Any], route: Route) -> dict[str, Any]:
     """The client's body as sent (its limits, its stream choice) with decode params."""
     out = copy.deepcopy(dict(body))
     out["kv_transfer_params"] = decode_params(route).to_body()
+    return out
+
+
+def whole_body(body: Mapping[str, Any], route: Route) -> dict[str, Any]:
+    """The client's body as sent (its limits, its stream choice) with whole-request params,
+    for the one engine that prefills and decodes it (the endpoint picker's destination)."""
+    out = copy.deepcopy(dict(body))
+    out["kv_transfer_params"] = whole_params(route).to_body()
     return out

@@ -88,14 +88,24 @@ class Script:
 
 def test_schedule_args_build_the_message_field_for_field():
     args = ScheduleArgs(
-        "r1", 1_000, 900, 100, expected_output_tokens=7, kv_bytes_per_token=3, session_id="s"
+        "r1",
+        1_000,
+        900,
+        100,
+        expected_output_tokens=7,
+        kv_bytes_per_token=3,
+        session_id="s",
+        prefill_candidates=("p1", "p2"),
     )
     message = args.message()
     # Every field of the message is an argument (a field added to the proto must be added
-    # here too), and each one arrives.
+    # here too), and each one arrives (a repeated field as the same sequence).
     assert {f.name for f in fields(args)} == set(pb.ScheduleRequest.DESCRIPTOR.fields_by_name)
     for field in fields(args):
-        assert getattr(message, field.name) == getattr(args, field.name), field.name
+        sent, given = getattr(message, field.name), getattr(args, field.name)
+        if isinstance(given, tuple):
+            sent = tuple(sent)
+        assert sent == given, field.name
     with pytest.raises(TypeError):
         ScheduleArgs("r1", 1_000, 900, 100, 7)  # type: ignore[misc]  # options are keywords
 

@@ -623,3 +623,16 @@ def test_the_engines_sample_runs_one_engine_per_role_node_and_a_router():
     ]
     assert router.build_deployment(c)
     assert c.served_model_name == "tiny-llama"
+
+
+def test_picker_command_line_is_what_dualpath_picker_accepts():
+    c = ctx(caps=WITH_POOLS)
+    container = inferencepool.picker_deployment(c)["spec"]["template"]["spec"]["containers"][0]
+    argv = container["args"]
+    args = build_parser(argv).parse_args(argv)
+    assert args.listen == f"0.0.0.0:{c.spec.engines.picker.port}"  # type: ignore[union-attr]
+    assert args.engines_file == Path("/etc/dualpath-engines/engines.yaml")
+    assert args.hash_namespace == c.served_model_name
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == args.metrics_port
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"

@@ -44,6 +44,7 @@ def request_from_proto(message: pb.ScheduleRequest) -> Request:
         append_tokens=message.append_tokens,
         expected_output_tokens=message.expected_output_tokens,
         kv_bytes_per_token=message.kv_bytes_per_token,
+        prefill_candidates=frozenset(message.prefill_candidates),
     )
 
 

@@ -8,7 +8,7 @@ engine would, and learns its node's IP from the downward API: its connector dial
 
 from __future__ import annotations
 
-from dualpath_operator.children import pod
+from dualpath_operator.children import pod, security
 from dualpath_operator.children.common import ROLES, ChildKind, ClusterContext
 from dualpath_operator.children.daemonset import DAEMON_SET, node_affinity
 from dualpath_operator.children.engines_config import (
@@ -24,8 +24,13 @@ from dualpath_operator.kube import Obj
 
 COMPONENT = "engine"
 MODEL_MOUNT_DIR = "/models"
-# vLLM's processes share tensors through /dev/shm; a container's default is 64 MiB.
+# vLLM's processes share tensors through /dev/shm; a container's default is 64 MiB (vLLM
+# asks for 160 MiB at start on CPU).
 SHM_SIZE = "1Gi"
+# HOME inside the scratch volume: vLLM and torch write caches under it, and the root
+# filesystem is read-only.
+ENGINE_SCRATCH_SIZE = "4Gi"
+ENGINE_HOME = "/tmp/home"
 ANNOTATION_CONNECTOR_HASH = "dualpath.io/connector-hash"
 
 
@@ -93,17 +98,16 @@ def engine_container(ctx: ClusterContext, role: str) -> Obj:
             field_ref(ENGINE_ID_VAR, "metadata.name"),
             {"name": "DUALPATH_ROLE", "value": role},
             {"name": "DUALPATH_CLUSTER", "value": ctx.name},
-            # Never reach out: no usage reports, no model hub.
-            {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
-            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            *offline_env(),
             *pod.extra_env(engines.extra_env),
         ],
         "volumeMounts": [
             {"name": "model", "mountPath": MODEL_MOUNT_DIR, "readOnly": True},
             {"name": "shm", "mountPath": "/dev/shm"},
+            security.scratch_volume(ENGINE_SCRATCH_SIZE)[1],
             mtls_mount,
         ],
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "securityContext": security.engine_container_security_context(),
         # Loading a model takes minutes on big ones: the startup probe allows 20 minutes,
         # after which liveness takes over.
         "startupProbe": pod.http_probe("/health", HTTP_PORT_NAME, period=5, failures=240),
@@ -116,6 +120,16 @@ def engine_container(ctx: ClusterContext, role: str) -> Obj:
     return container
 
 
+def offline_env() -> list[Obj]:
+    return [
+        {"name": "HOME", "value": ENGINE_HOME},
+        # Never reach out: no usage reports, no model hub.
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "DO_NOT_TRACK", "value": "1"},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+    ]
+
+
 def model_init_container(ctx: ClusterContext) -> Obj:
     """Writes the generated test model into the pod's model volume."""
     engines = ctx.spec.engines
@@ -125,8 +139,12 @@ def model_init_container(ctx: ClusterContext) -> Obj:
         "image": engines.image,
         "imagePullPolicy": engines.image_pull_policy,
         "command": ["python3", "-m", "dualpath_vllm.model", model_dir(ctx)],
-        "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT_DIR}],
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "env": offline_env(),
+        "volumeMounts": [
+            {"name": "model", "mountPath": MODEL_MOUNT_DIR},
+            security.scratch_volume(ENGINE_SCRATCH_SIZE)[1],
+        ],
+        "securityContext": security.engine_container_security_context(),
     }
 
 
@@ -141,6 +159,7 @@ def engine_daemonset(ctx: ClusterContext, role: str, instance: int) -> Obj:
     pod_spec: Obj = {
         # Engines do not talk to the Kubernetes API: no token in the pod.
         "automountServiceAccountToken": False,
+        "securityContext": security.engine_pod_security_context(),
         "nodeSelector": dict(pool.node_selector),
         "tolerations": [
             t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in pool.tolerations
@@ -149,6 +168,7 @@ def engine_daemonset(ctx: ClusterContext, role: str, instance: int) -> Obj:
         "volumes": [
             model_volume(ctx),
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
+            security.scratch_volume(ENGINE_SCRATCH_SIZE)[0],
             mtls_volume,
         ],
         "terminationGracePeriodSeconds": 60,

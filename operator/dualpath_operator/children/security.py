@@ -98,3 +98,22 @@ def agent_container_security_context(spec: DualPathClusterSpec) -> Obj:
         out["runAsNonRoot"] = False
         out["capabilities"] = {"add": list(AGENT_CAPABILITIES), "drop": ["ALL"]}
     return out
+
+
+# --- the engines ----------------------------------------------------------------------------
+
+
+def engine_pod_security_context() -> Obj:
+    """No user forced: the CPU engine image runs as its non-root user (65532), vLLM's CUDA
+    image as root. fsGroup makes the mounted identity (mode 0440) readable either way."""
+    return {
+        "fsGroup": APP_UID,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": dict(RUNTIME_DEFAULT_SECCOMP),
+    }
+
+
+def engine_container_security_context() -> Obj:
+    # vLLM needs no capability; what it writes goes to /tmp (HOME, torch's compile caches)
+    # and /dev/shm, both emptyDirs.
+    return restricted_container_security_context()

@@ -112,7 +112,7 @@ class ReportLoadResponse(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
 
 class ScheduleRequest(_message.Message):
-    __slots__ = ("request_id", "total_tokens", "cached_tokens", "append_tokens", "expected_output_tokens", "kv_bytes_per_token", "session_id")
+    __slots__ = ("request_id", "total_tokens", "cached_tokens", "append_tokens", "expected_output_tokens", "kv_bytes_per_token", "session_id", "prefill_candidates")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,7 @@ class ScheduleRequest(_message.Message):
     EXPECTED_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     total_tokens: int
     cached_tokens: int
@@ -127,7 +128,8 @@ class ScheduleRequest(_message.Message):
     expected_output_tokens: int
     kv_bytes_per_token: int
     session_id: str
-    def __init__(self, request_id: _Optional[str] = ..., total_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., append_tokens: _Optional[int] = ..., expected_output_tokens: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., session_id: _Optional[str] = ...) -> None: ...
+    prefill_candidates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., total_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., append_tokens: _Optional[int] = ..., expected_output_tokens: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., session_id: _Optional[str] = ..., prefill_candidates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EngineScore(_message.Message):
     __slots__ = ("engine_id", "rule", "value")

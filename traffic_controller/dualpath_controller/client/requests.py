@@ -34,6 +34,8 @@ class ScheduleArgs:
     expected_output_tokens: int = 0
     kv_bytes_per_token: int = 0
     session_id: str = ""
+    # Prefill engines (ids) the request may go to; empty = any (ScheduleRequest field).
+    prefill_candidates: tuple[str, ...] = ()
 
     def message(self) -> pb.ScheduleRequest:
         return pb.ScheduleRequest(
@@ -44,6 +46,7 @@ class ScheduleArgs:
             expected_output_tokens=self.expected_output_tokens,
             kv_bytes_per_token=self.kv_bytes_per_token,
             session_id=self.session_id,
+            prefill_candidates=self.prefill_candidates,
         )
 
 

@@ -88,16 +88,22 @@ class Pick:
     value: float
 
 
-def pick_prefill_paper(view: ClusterView, alpha: float, beta: float) -> Pick:
+def pick_prefill_paper(
+    view: ClusterView, alpha: float, beta: float, request: Request | None = None
+) -> Pick:
     """Paper's PE rule: engines with tok_e > beta are overloaded and get nothing; engines
     whose node read queue (tokens) is <= alpha are preferred; others only when no preferred
-    engine is left; within a class the smallest tok_e wins (ties: smallest engine id)."""
+    engine is left; within a class the smallest tok_e wins (ties: smallest engine id).
+    Only the request's prefill candidates are considered when it names some."""
     fallback: EngineState | None = None
     engines = view.engines
     nodes = view.nodes
+    candidates = request.prefill_candidates if request is not None else frozenset()
     for tokens, engine_id in view.active_by_tokens(Role.PREFILL):
         if tokens > beta:
             break  # sorted by tokens: everything after is overloaded too
+        if candidates and engine_id not in candidates:
+            continue
         engine = engines[engine_id]
         if nodes[engine.node].read_queue_tokens <= alpha:
             return Pick(engine, "pe-preferred", tokens)
@@ -105,13 +111,18 @@ def pick_prefill_paper(view: ClusterView, alpha: float, beta: float) -> Pick:
             fallback = engine
     if fallback is not None:
         return Pick(fallback, "pe-read-queue-over-alpha", fallback.unfinished_tokens)
-    raise NoCapacity(no_prefill_reason(view, beta))
+    raise NoCapacity(no_prefill_reason(view, beta, request))
 
 
-def no_prefill_reason(view: ClusterView, beta: float) -> str:
+def no_prefill_reason(view: ClusterView, beta: float, request: Request | None = None) -> str:
     total = view.count(Role.PREFILL)
     if total == 0:
         return "no prefill engines registered"
+    if request is not None and request.prefill_candidates:
+        return (
+            f"none of the request's {len(request.prefill_candidates)} candidate prefill"
+            f" engines is registered, active and under beta={beta:g}"
+        )
     active = view.count(Role.PREFILL, active_only=True)
     if active == 0:
         return f"all {total} prefill engines are drained"
@@ -128,8 +139,12 @@ def no_decode_reason(view: ClusterView, request: Request) -> str:
     return f"no active decode engine has {request.hbm_tokens} tokens of free HBM"
 
 
-def prefill_is_eligible(engine: EngineState, beta: float) -> bool:
-    return not engine.drained and engine.unfinished_tokens <= beta
+def prefill_is_eligible(engine: EngineState, beta: float, request: Request | None = None) -> bool:
+    return (
+        not engine.drained
+        and engine.unfinished_tokens <= beta
+        and (request is None or request.may_prefill_on(engine.engine_id))
+    )
 
 
 def decode_is_eligible(engine: EngineState, request: Request) -> bool:

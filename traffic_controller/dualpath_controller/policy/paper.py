@@ -78,7 +78,7 @@ class PaperPolicy(Policy):
         return path_shorter_queue(view, pe, de, request)
 
     def schedule(self, view: ClusterView, request: Request) -> Assignment:
-        pe = pick_prefill_paper(view, self.params["alpha"], self.params["beta"])
+        pe = pick_prefill_paper(view, self.params["alpha"], self.params["beta"], request)
         de = pick_decode_paper(view, request, self.params["z"])
         path = self.choose_path(view, pe.engine, de.pick.engine, request)
         extra = (
@@ -121,7 +121,9 @@ class PaperPolicy(Policy):
             )
             for request in batch:
                 try:
-                    pe = pick_prefill_paper(view, self.params["alpha"], self.params["beta"])
+                    pe = pick_prefill_paper(
+                        view, self.params["alpha"], self.params["beta"], request
+                    )
                 except NoCapacity as exc:
                     return _blocked(result, queue, i, str(exc))
                 candidates = group_fits(view, group, request)

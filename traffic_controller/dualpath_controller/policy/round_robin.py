@@ -46,9 +46,9 @@ class RoundRobinPolicy(Policy):
 
     def schedule(self, view: ClusterView, request: Request) -> Assignment:
         beta = self.params["beta"]
-        pe = self._next(view, Role.PREFILL, lambda e: prefill_is_eligible(e, beta))
+        pe = self._next(view, Role.PREFILL, lambda e: prefill_is_eligible(e, beta, request))
         if pe is None:
-            raise NoCapacity(no_prefill_reason(view, beta))
+            raise NoCapacity(no_prefill_reason(view, beta, request))
         de = self._next(view, Role.DECODE, lambda e: decode_is_eligible(e, request))
         if de is None:
             raise NoCapacity(no_decode_reason(view, request))

@@ -101,6 +101,9 @@ class Request:
     expected_output_tokens: int = 0
     # KV bytes per token (all layers); 0 = unknown (byte-based rules fall back to tokens).
     kv_bytes_per_token: int = 0
+    # The prefill engines (ids) the request may go to; empty = any. A gateway's endpoint
+    # picker restricts a request to the endpoints the gateway allows (its subset hint).
+    prefill_candidates: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not isinstance(self.request_id, str) or not self.request_id:
@@ -121,6 +124,10 @@ class Request:
                 f"cached_tokens + append_tokens ({self.cached_tokens + self.append_tokens})"
                 f" > total_tokens ({self.total_tokens})"
             )
+
+    def may_prefill_on(self, engine_id: str) -> bool:
+        """Whether the request's candidate restriction (if any) allows this prefill engine."""
+        return not self.prefill_candidates or engine_id in self.prefill_candidates
 
     @property
     def cached_bytes(self) -> int:
