@@ -96,7 +96,15 @@ oom_score = 0
 
 def cni_conflist(node: NodePlan, ipam_dir: Path) -> dict[str, Any]:
     """Bridge + host-local (one /24 per node) + portmap. No ipMasq: pods have no way out
-    of the machine, only to each other, the nodes and the cluster's services."""
+    of the machine, only to each other, the nodes and the cluster's services.
+
+    All nodes share the machine's network namespace, and portmap's DNAT rule matches any
+    local destination address by default (`-m addrtype --dst-type LOCAL`): a hostPort of
+    node 1 would then also answer on node 0's address, and whichever node's rule comes
+    first in the shared chain wins. `conditionsV4` adds `-d <this node's IP>` to the
+    node's rules, so a hostPort answers on its own node's InternalIP only, as on separate
+    machines (an engine dialling $(HOST_IP):port reaches its own node's agent). Debian's
+    plugins (1.1.1) support it."""
     return {
         "cniVersion": "0.4.0",
         "name": f"dualpath-{node.name}",
@@ -114,7 +122,11 @@ def cni_conflist(node: NodePlan, ipam_dir: Path) -> dict[str, Any]:
                     "dataDir": str(ipam_dir),
                 },
             },
-            {"type": "portmap", "capabilities": {"portMappings": True}},
+            {
+                "type": "portmap",
+                "capabilities": {"portMappings": True},
+                "conditionsV4": ["-d", node.gateway],
+            },
         ],
     }
 

@@ -49,6 +49,9 @@ class E2EEnv:
     # A directory on every node for the agents' block stores (hostPath); the suite uses
     # a fresh subdirectory per test.
     node_scratch: str
+    # The engine image (vLLM's CPU build + the DualPath connector, Dockerfile.engine) every
+    # node can run, or None when this provider has none (the engine steps then skip).
+    engine_image: str | None = None
 
     def api_client(self) -> Any:
         from kubernetes import config
@@ -103,7 +106,8 @@ def local_provider() -> Iterator[E2EEnv]:
     t0 = time.monotonic()
     _run_script("e2e-deps.sh")  # Debian packages + the five Kubernetes binaries (cached)
     t_deps = time.monotonic()
-    images = json.loads(_run_script("image-build.sh"))
+    engines = localcluster.engines_wanted()
+    images = localcluster.build_images(engine=engines)
     t_img = time.monotonic()
     problems = cluster_host.missing_prerequisites()
     if problems:
@@ -112,15 +116,23 @@ def local_provider() -> Iterator[E2EEnv]:
         t_up = time.monotonic()
         cluster.load_image(Path(images["dualpath"]["archive"]))
         t_load = time.monotonic()
+        engine_image = None
+        if engines:
+            # ~1.3 GB archive, ~4 GB unpacked: seconds when the node cache already holds it.
+            cluster.load_image(Path(images["engine"]["archive"]))
+            engine_image = images["engine"]["ref"]
+        t_engine = time.monotonic()
         cluster_host.log(
-            f"setup: deps {t_deps - t0:.1f}s, image {t_img - t_deps:.1f}s, "
-            f"cluster {t_up - t_img:.1f}s, image import {t_load - t_up:.1f}s"
+            f"setup: deps {t_deps - t0:.1f}s, images {t_img - t_deps:.1f}s, "
+            f"cluster {t_up - t_img:.1f}s, image import {t_load - t_up:.1f}s, "
+            f"engine image import {t_engine - t_load:.1f}s"
         )
         yield E2EEnv(
             provider="local",
             kubeconfig=cluster.kubeconfig,
             image=images["dualpath"]["ref"],
             node_scratch=str(cluster.workdir / "node-scratch"),
+            engine_image=engine_image,
         )
 
 

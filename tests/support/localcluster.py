@@ -187,9 +187,15 @@ class LocalCluster:
         nodes in parallel (unpacking is most of the time). A node that already holds the
         image (same reference, same manifest digest) skips it; older tags of the same
         repository are removed (containerd then collects their unshared layers)."""
-        socks = [self._node_socket(n) for n in self.nodes]
-        with ThreadPoolExecutor(len(socks)) as pool:
-            list(pool.map(lambda sock: self._import(sock, archive), socks))
+
+        def one(node: NodePlan) -> None:
+            t0 = time.monotonic()
+            imported = self._import(self._node_socket(node), archive)
+            what = "imported" if imported else "already held"
+            log(f"{archive.name} on {node.name}: {what} ({time.monotonic() - t0:.1f}s)")
+
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(one, self.nodes))
 
     # lifecycle
     def start(self, timeout: float = 180.0) -> LocalCluster:
@@ -483,11 +489,13 @@ class LocalCluster:
     def _node_socket(self, node: NodePlan) -> Path:
         return self._node_dir(node) / "containerd" / "containerd.sock"
 
-    def _import(self, sock: Path, archive: Path) -> None:
+    def _import(self, sock: Path, archive: Path) -> bool:
+        """Import `archive` unless the node holds it already; True when it imported."""
         ref, digest = archive_reference(archive)
         ctr = ["ctr", "--address", str(sock), "-n", "k8s.io"]
         images = node_images(run([*ctr, "images", "ls"], check=False).stdout)
-        if images.get(ref) != digest:
+        imported = images.get(ref) != digest
+        if imported:
             out = run([*ctr, "images", "import", str(archive)], check=False)
             if out.returncode != 0:
                 raise ClusterError(f"ctr import {archive} failed: {out.stderr}")
@@ -495,6 +503,7 @@ class LocalCluster:
         stale = [r for r in images if r != ref and r.rsplit(":", 1)[0] == repository]
         if stale:
             run([*ctr, "images", "rm", *stale], check=False)
+        return imported
 
     def _remove_node_containers(self, node: NodePlan) -> None:
         """Kill and delete every container of a node through its containerd, so the cached
@@ -557,6 +566,12 @@ def local_cluster(pause_archive: Path, workdir: Path | None = None) -> Iterator[
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
+def engines_wanted() -> bool:
+    """Whether the engine image is built and imported into the nodes: on unless
+    DUALPATH_E2E_ENGINES=0 (it costs minutes the first time and ~4 GB per node)."""
+    return os.environ.get("DUALPATH_E2E_ENGINES", "1") != "0"
+
+
 def build_images(engine: bool = False) -> dict[str, dict[str, str]]:
     """Run hack/image-build.sh (cached); returns {"dualpath": {ref, archive}, "pause": ...},
     and "engine" with `engine` (vLLM's CPU build + the connector: minutes the first time)."""
@@ -572,12 +587,18 @@ def build_images(engine: bool = False) -> dict[str, dict[str, str]]:
 
 
 def main() -> int:
-    imgs = build_images()
+    imgs = build_images(engine=engines_wanted())
 
     def announce(c: LocalCluster) -> None:
-        c.load_image(Path(imgs["dualpath"]["archive"]))
+        for name in ("dualpath", "engine"):
+            if name in imgs:
+                t0 = time.monotonic()
+                c.load_image(Path(imgs[name]["archive"]))
+                log(f"{name} image imported into both nodes in {time.monotonic() - t0:.1f}s")
         print(f"export KUBECONFIG={c.kubeconfig}", flush=True)
-        print(f"# image: {imgs['dualpath']['ref']}", flush=True)
+        for name in ("dualpath", "engine"):
+            if name in imgs:
+                print(f"# {name} image: {imgs[name]['ref']}", flush=True)
 
     return run_until_stopped(local_cluster(Path(imgs["pause"]["archive"])), announce)
 

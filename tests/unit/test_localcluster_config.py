@@ -57,6 +57,22 @@ def test_cni_conflist_keeps_pods_inside(tmp_path: Path) -> None:
     assert bridge["ipam"]["dataDir"] == str(tmp_path / "ipam")
 
 
+def test_host_ports_answer_only_on_their_own_nodes_address(tmp_path: Path) -> None:
+    # Both nodes share the machine's network namespace: without a destination condition,
+    # portmap's DNAT (any local address) would send a client dialling node 1's IP to a
+    # hostPort pod of node 0 (an engine would reach the other node's agent).
+    nodes = lc.default_nodes()
+    conditions = []
+    for node in nodes:
+        plugins = lc.cni_conflist(node, tmp_path / node.name)["plugins"]
+        [portmap] = [p for p in plugins if p["type"] == "portmap"]
+        assert portmap["capabilities"] == {"portMappings": True}
+        # The node's InternalIP (kubelet --node-ip), which pods see as status.hostIP.
+        assert portmap["conditionsV4"] == ["-d", node.gateway]
+        conditions.append(tuple(portmap["conditionsV4"]))
+    assert len(set(conditions)) == len(nodes)
+
+
 def test_kubelet_serves_on_its_bridge_and_uses_cluster_dns(tmp_path: Path) -> None:
     nodes = lc.default_nodes()
     dns = lc.dns_address(nodes)
