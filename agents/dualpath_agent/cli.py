@@ -129,6 +129,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="engine id on this node to register with the controller (repeatable)",
     )
+    parser.add_argument(
+        "--no-engines",
+        action="store_true",
+        help="register no engine (not even the default NODE/engine0): this node's engines are"
+        " registered by a router or endpoint picker; the controller link then only reports"
+        " failed peers",
+    )
     parser.add_argument("--engine-hbm-tokens", type=int, default=1_000_000)
     parser.add_argument("--log-level", default=None)
 
@@ -176,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
         transfer_timeout_s=args.transfer_timeout,
         faults=_faults_from_env(),  # type: ignore[arg-type]
     )
+    if args.no_engines and args.engine:
+        print("dualpath agent: --no-engines contradicts --engine", file=sys.stderr)
+        return 2
     controller_trust: Path | None = None
     if args.controller_tls_ca is not None:
         try:  # a bad TLS file is a startup error that names it, not a reporter that fails
@@ -213,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
             args.engine_hbm_tokens,
             tls_ca=controller_trust,
             identity=identity,
+            placeholder=not args.no_engines,
         )
         agent.reporter.start()
         agent.service.on_peer_failure = agent.reporter.peer_failed

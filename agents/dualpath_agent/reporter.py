@@ -43,11 +43,16 @@ class LoadReporter:
         engine_load: EngineLoadFn | None = None,
         tls_ca: str | Path | None = None,
         identity: tls.IdentityDir | None = None,
+        placeholder: bool = True,
     ) -> None:
+        """`placeholder`: without `engine_ids`, register NODE/engine0 (a stand-in engine for
+        tools and tests); False when a router registers the node's real engines."""
         self.agent = agent
         self.core = agent.core
         self.controller = controller
-        self.engine_ids = list(engine_ids) or [f"{self.core.config.node}/engine0"]
+        self.engine_ids = list(engine_ids)
+        if not self.engine_ids and placeholder:
+            self.engine_ids = [f"{self.core.config.node}/engine0"]
         self.hbm_tokens = hbm_tokens
         self.engine_load = engine_load or (lambda _id: (0, 0, hbm_tokens))
         # A renewed certificate is used from the next connection on (ControllerClient
@@ -63,7 +68,8 @@ class LoadReporter:
         self._peers_reported: dict[str, float] = {}
 
     def start(self) -> None:
-        self._thread.start()
+        if self.engine_ids:  # else nothing to register or report: peer failures only
+            self._thread.start()
 
     def peer_failed(self, agent_endpoint: str, reason: str) -> None:
         """A peer agent failed under one of this agent's loads: tell the controller, so it
@@ -99,7 +105,8 @@ class LoadReporter:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         for engine_id in self.engine_ids:
             with contextlib.suppress(grpc.RpcError):
                 self._client.stub.DeregisterEngine(

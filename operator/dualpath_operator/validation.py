@@ -21,6 +21,7 @@ from dualpath_operator.api import (
     DualPathClusterSpec,
     NodePool,
     QosClass,
+    ResourceRequirements,
 )
 from dualpath_operator.quantity import parse_quantity
 
@@ -309,16 +310,12 @@ def _workload_problems(spec: DualPathClusterSpec) -> list[Problem]:
                         f"{agent.host_buffer} does not fit in the memory limit {mem_limit}",
                     )
                 )
-    for where, resources in (
-        ("spec.agent.resources", agent.resources),
-        ("spec.trafficController.resources", ctl.resources),
-    ):
-        for kind, values in (("requests", resources.requests), ("limits", resources.limits)):
-            for name, value in values.items():
-                try:
-                    parse_quantity(value)
-                except ValueError as exc:
-                    problems.append(Problem(f"{where}.{kind}.{name}", str(exc)))
+    problems += _quantity_problems(
+        [
+            ("spec.agent.resources", agent.resources),
+            ("spec.trafficController.resources", ctl.resources),
+        ]
+    )
     max_unavailable = agent.update_strategy.max_unavailable
     if isinstance(max_unavailable, str) and not _PERCENT.match(max_unavailable):
         problems.append(
@@ -446,13 +443,21 @@ def _engines_problems(spec: DualPathClusterSpec) -> list[Problem]:
         problems.append(
             Problem("spec.engines.picker.metricsPort", "must differ from spec.engines.picker.port")
         )
-    for where, resources in (
-        ("spec.engines.prefill.resources", engines.prefill.resources),
-        ("spec.engines.decode.resources", engines.decode.resources),
-        ("spec.engines.router.resources", engines.router.resources),
-        ("spec.engines.picker.resources", engines.picker.resources),
-    ):
-        for kind, values in (("requests", resources.requests), ("limits", resources.limits)):
+    problems += _quantity_problems(
+        [
+            ("spec.engines.prefill.resources", engines.prefill.resources),
+            ("spec.engines.decode.resources", engines.decode.resources),
+            ("spec.engines.router.resources", engines.router.resources),
+            ("spec.engines.picker.resources", engines.picker.resources),
+        ]
+    )
+    return problems
+
+
+def _quantity_problems(resources: list[tuple[str, ResourceRequirements]]) -> list[Problem]:
+    problems = []
+    for where, spec in resources:
+        for kind, values in (("requests", spec.requests), ("limits", spec.limits)):
             for name, value in values.items():
                 try:
                     parse_quantity(value)

@@ -18,6 +18,41 @@ from typing import Any
 from dualpath_common.child import ReadyFileProcess, cli_command, security_args
 
 
+def front_door_args(
+    command: str,
+    *,
+    controller: str,
+    hash_namespace: str,
+    listen: str,
+    block_tokens: int,
+    ready_file: Path,
+    engines: Sequence[str] = (),
+    engines_file: Path | None = None,
+    tls_dir: Path | None = None,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The command line of `dualpath router` or `dualpath picker` (they share their flags)."""
+    args = cli_command(
+        command,
+        "--listen",
+        listen,
+        "--controller",
+        controller,
+        "--block-tokens",
+        str(block_tokens),
+        "--hash-namespace",
+        hash_namespace,
+        "--ready-file",
+        str(ready_file),
+        "--json-logs",
+    )
+    for spec in engines:
+        args += ["--engine", spec]
+    if engines_file is not None:
+        args += ["--engines-file", str(engines_file)]
+    return [*args, *security_args(tls_dir, extra_args), *extra_args]
+
+
 class RouterProcess(ReadyFileProcess):
     name = "router"
 
@@ -35,23 +70,17 @@ class RouterProcess(ReadyFileProcess):
     ) -> None:
         """`engines`: `--engine` specs (id=...,role=...,url=...,node=...,agent=...)."""
         super().__init__([], log_path)
-        self.args = cli_command(
+        self.args = front_door_args(
             "router",
-            "--listen",
-            listen,
-            "--controller",
-            controller,
-            "--block-tokens",
-            str(block_tokens),
-            "--hash-namespace",
-            hash_namespace,
-            "--ready-file",
-            str(self.ready_file),
-            "--json-logs",
+            controller=controller,
+            hash_namespace=hash_namespace,
+            listen=listen,
+            block_tokens=block_tokens,
+            ready_file=self.ready_file,
+            engines=engines,
+            tls_dir=tls_dir,
+            extra_args=extra_args,
         )
-        for spec in engines:
-            self.args += ["--engine", spec]
-        self.args += [*security_args(tls_dir, extra_args), *extra_args]
         self.port = 0
 
     @property

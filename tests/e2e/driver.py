@@ -11,6 +11,10 @@ Commands:
             bytes are stored on the decode node's agent, loaded by the prefill node's agent
             through the decode agent, and compared byte for byte (SHA-256) with what was
             stored.
+  chat      through the router's Service: one OpenAI chat completion, then two greedy
+            completion turns of token-id prompts (the second extends the first and its
+            answer, so its prefix is loaded from the KV store); the router's and the decode
+            node agent's metrics before and after, to show which read path served it.
 """
 
 from __future__ import annotations
@@ -191,6 +195,71 @@ def de_read(args: argparse.Namespace) -> int:
     return 0
 
 
+def metric_sums(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Each Prometheus sample line of `names` (name{labels} -> value) at `url`."""
+    import httpx
+
+    out: dict[str, float] = {}
+    for line in httpx.get(url, timeout=10).text.splitlines():
+        if line.startswith(names):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def chat(args: argparse.Namespace) -> int:
+    import httpx
+    from dualpath_vllm.reference import greedy_completion
+
+    router = args.router.rstrip("/")
+    deadline = time.monotonic() + args.timeout
+    while True:  # the Service answers once the router sees both roles' engines
+        try:
+            if httpx.get(f"{router}/healthz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            result({"error": f"router {router} not healthy after {args.timeout}s"})
+            return 1
+        time.sleep(1)
+    router_names = ("dualpath_router_requests_total", "dualpath_router_cached_tokens_total")
+    agent_names = ("dualpath_agent_bytes_total",)
+    out: dict[str, Any] = {}
+    answer = httpx.post(
+        f"{router}/v1/chat/completions",
+        json={
+            "model": args.model,
+            "messages": [{"role": "user", "content": "Say something about storage bandwidth."}],
+            "max_tokens": 8,
+            "temperature": 0,
+        },
+        timeout=120,
+    )
+    out["chat"] = {"status": answer.status_code, "body": answer.json()}
+    prompt = [int(t) for t in json.loads(args.prompt)]
+    extra = [int(t) for t in json.loads(args.extra)]
+    first = greedy_completion(router, prompt, args.max_tokens, extra_body={"model": args.model})
+    out["turn1"] = {"prompt": prompt, "tokens": first.token_ids}
+    router_before = metric_sums(f"{router}/metrics", router_names)
+    agent_before = metric_sums(args.decode_agent_metrics, agent_names)
+    turn2 = prompt + first.token_ids + extra
+    second = greedy_completion(router, turn2, args.max_tokens, extra_body={"model": args.model})
+    out["turn2"] = {"prompt": turn2, "tokens": second.token_ids}
+    router_after = metric_sums(f"{router}/metrics", router_names)
+    agent_after = metric_sums(args.decode_agent_metrics, agent_names)
+    out["router_delta"] = {
+        k: v - router_before.get(k, 0.0)
+        for k, v in router_after.items()
+        if v != router_before.get(k)
+    }
+    out["decode_agent_delta"] = {
+        k: v - agent_before.get(k, 0.0) for k, v in agent_after.items() if v != agent_before.get(k)
+    }
+    result(out)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="driver")
     parser.add_argument("--controller", required=True, help="traffic controller host:port")
@@ -207,6 +276,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--block-tokens", type=int, required=True)
     p.add_argument("--bytes-per-token-layer", type=int, required=True)
     p.set_defaults(func=de_read)
+    p = sub.add_parser("chat")
+    p.add_argument("--router", required=True, help="the router's base URL (its Service)")
+    p.add_argument("--model", required=True, help="the served model name")
+    p.add_argument("--prompt", required=True, help="turn 1's prompt token ids, a JSON list")
+    p.add_argument("--extra", required=True, help="token ids turn 2 appends, a JSON list")
+    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--decode-agent-metrics", required=True, help="the decode agent's /metrics")
+    p.add_argument("--timeout", type=float, default=120)
+    p.set_defaults(func=chat)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -29,6 +29,10 @@ from tests.support.wait import wait_for
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "dualpath"
 SAMPLE = REPO / "manifests" / "samples" / "dualpathcluster-minimal.yaml"
+ENGINES_SAMPLE = REPO / "manifests" / "samples" / "dualpathcluster-engines.yaml"
+# vLLM on CPU: ~30 s to Ready per engine when alone; both nodes' engines, the agents (they
+# roll to publish their hostPort) and the controller start together on two cores.
+ENGINES_TIMEOUT = 480
 DRIVER = Path(__file__).with_name("driver.py")
 DRIVER_LABELS = {"app": "e2e-driver"}
 RELEASE = "dualpath"
@@ -175,6 +179,20 @@ class Flow:
         ).items
         return [p for p in pods if p.metadata.deletion_timestamp is None]
 
+    def engine_pods(self) -> list[Any]:
+        pods = self.core.list_namespaced_pod(
+            self.namespace, label_selector="app.kubernetes.io/component=engine"
+        ).items
+        return [p for p in pods if p.metadata.deletion_timestamp is None]
+
+    def engines_ready(self) -> dict[str, Any] | None:
+        obj = self.cluster_ready()
+        if obj is None:
+            return None
+        engines = obj["status"].get("engines") or {}
+        both = all(engines.get(r, {}).get("summary") == "1/1" for r in ("prefill", "decode"))
+        return obj if both else None
+
     def cluster_ready(self) -> dict[str, Any] | None:
         obj = self.dpc()
         status = obj.get("status") or {}
@@ -309,6 +327,124 @@ def test_4_de_read_moves_kv_bytes_from_decode_to_prefill_node(step: Flow) -> Non
     assert pods.get(second["decode_agent"].rsplit(":", 1)[0]) == second["decode_node"]
 
 
+def test_4a_engines_sample_serves_on_both_nodes(step: Flow) -> None:
+    """The engines sample's spec.engines, applied to the running cluster: one vLLM engine
+    per role node beside its agent, the router in front, all Ready."""
+    if step.env.engine_image is None:
+        pytest.skip(
+            "no engine image for this provider (DUALPATH_E2E_ENGINES=0, or the existing "
+            "provider without DUALPATH_E2E_ENGINE_IMAGE): the engine steps need one"
+        )
+    sample = yaml.safe_load(ENGINES_SAMPLE.read_text())["spec"]
+    engines = {**sample["engines"], "image": step.env.engine_image}
+    patch = {
+        "spec": {
+            "engines": engines,
+            "trafficController": {"policy": sample["trafficController"]["policy"]},
+            # The served model's KV geometry (the router turns tokens into bytes with it).
+            "storage": {"model": {"preset": None, **sample["storage"]["model"]}},
+        }
+    }
+    step.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, step.namespace, PLURAL, step.cluster_name, patch
+    )
+    obj = wait_for(
+        "engines Ready on both nodes, router Ready",
+        step.engines_ready,
+        ENGINES_TIMEOUT,
+        explain=step.explain(),
+    )
+    conditions = {c["type"]: c for c in obj["status"]["conditions"]}
+    assert conditions["EnginesReady"]["status"] == "True", conditions["EnginesReady"]
+    # No InferencePool CRD on this cluster: said, not silent.
+    assert conditions["InferencePoolReady"]["reason"] == "InferencePoolCRDMissing"
+    by_role = {}
+    for pod in step.engine_pods():
+        node = step.core.read_node(pod.spec.node_name)
+        by_role[pod.metadata.labels["dualpath.io/engine"]] = node.metadata.labels.get(ROLE_LABEL)
+    assert by_role == {"prefill": "prefill", "decode": "decode"}, by_role
+    files = step.core.read_namespaced_config_map(f"{step.cluster_name}-engines", step.namespace)
+    listed = yaml.safe_load(files.data["engines.yaml"])["engines"]
+    hosts = {p.metadata.name: p.status.host_ip for p in step.engine_pods()}
+    for entry in listed:  # each engine is paired with its own node's agent
+        assert entry["agent"].rsplit(":", 1)[0] == hosts[entry["id"]], (entry, hosts)
+
+
+def test_4b_router_answers_and_a_second_turn_loads_over_the_decode_node(step: Flow) -> None:
+    import numpy as np
+    from dualpath_common.net import free_port
+    from dualpath_vllm.model import default_model_dir, ensure_model_subprocess
+    from dualpath_vllm.process import EngineProcess, EngineSpec
+    from dualpath_vllm.reference import greedy_completion
+
+    spec = step.dpc()["spec"]
+    block = spec["storage"]["blockTokens"]
+    model = step.dpc()["spec"]["engines"]["model"]["generated"]
+    rng = np.random.default_rng(14)
+    prompt = [int(t) for t in rng.integers(10, 1000, 3 * block + 10)]
+    extra = [int(t) for t in rng.integers(10, 1000, 40)]
+    decode_agent = next(p for p in step.agent_pods() if p.metadata.labels[ROLE_LABEL] == "decode")
+    metrics = f"http://{decode_agent.status.pod_ip}:{spec['agent']['metricsPort']}/metrics"
+    router = f"http://{step.cluster_name}-router.{step.namespace}.svc.cluster.local:8000"
+    out = step.run_driver(
+        [
+            "--controller", step.controller_endpoint(), "chat", "--router", router,
+            "--model", model, "--prompt", json.dumps(prompt), "--extra", json.dumps(extra),
+            "--decode-agent-metrics", metrics,
+        ],
+        timeout=300,
+    )  # fmt: skip
+    shown = {k: v for k, v in out.items() if k not in ("turn1", "turn2")}
+    print("chat driver result:", json.dumps(shown, indent=1))  # numbers for people (-s)
+    assert "error" not in out, out
+    chat = out["chat"]
+    assert chat["status"] == 200, chat
+    assert chat["body"]["choices"][0]["message"]["content"], chat
+    # Turn 2's cached prefix was loaded, through the decode node: the router scheduled it on
+    # a path with a decode-side read, and the decode node's agent sent KV bytes to a peer.
+    paths = {k: v for k, v in out["router_delta"].items() if "requests_total" in k}
+    assert any(
+        ("SPLIT" in k.upper() or "DE_READ" in k.upper()) and 'outcome="ok"' in k for k in paths
+    ), out["router_delta"]
+    cached = sum(v for k, v in out["router_delta"].items() if "cached_tokens" in k)
+    assert cached >= 3 * block, out["router_delta"]
+    sent = sum(
+        v
+        for k, v in out["decode_agent_delta"].items()
+        if 'path="de_read"' in k and 'direction="out"' in k
+    )
+    assert sent > 0, out["decode_agent_delta"]
+    # Tokens equal to a reference engine that computes every prompt (same model, same args).
+    model_dir = ensure_model_subprocess(default_model_dir())
+    reference = EngineProcess(
+        EngineSpec(model_dir, free_port(), engine_id="reference", extra_args=[
+            "--no-enable-prefix-caching", "--served-model-name", model,
+        ])
+    )  # fmt: skip
+    with reference:
+        for turn in ("turn1", "turn2"):
+            expected = greedy_completion(reference.base_url, out[turn]["prompt"], 8)
+            assert out[turn]["tokens"] == expected.token_ids, (turn, out[turn], expected)
+
+
+def test_4c_an_engines_spec_change_rolls_the_engines(step: Flow) -> None:
+    if step.env.engine_image is None:
+        pytest.skip("no engine image for this provider: see test_4a")
+    before = {p.metadata.uid for p in step.engine_pods()}
+    assert len(before) == 2, before
+    patch = {"spec": {"engines": {"loadMode": "async"}}}
+    step.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, step.namespace, PLURAL, step.cluster_name, patch
+    )
+
+    def rolled() -> bool:
+        pods = step.engine_pods()
+        fresh = [p for p in pods if p.metadata.uid not in before]
+        return len(fresh) == len(pods) == 2 and bool(step.engines_ready())
+
+    wait_for("engines rolled to the new spec", rolled, ENGINES_TIMEOUT, explain=step.explain())
+
+
 def test_5_spec_change_rolls_the_agents(step: Flow) -> None:
     before = {p.metadata.uid for p in step.agent_pods()}
     patch = {"spec": {"agent": {"logLevel": "debug"}}}
@@ -326,7 +462,10 @@ def test_5_spec_change_rolls_the_agents(step: Flow) -> None:
         return len(fresh) == len(before) == len(pods) and ready and bool(step.cluster_ready())
 
     wait_for("agents rolled to the new spec", rolled, READY_TIMEOUT, explain=step.explain())
-    for ds in step.apps.list_namespaced_daemon_set(step.namespace).items:
+    agents = step.apps.list_namespaced_daemon_set(
+        step.namespace, label_selector="app.kubernetes.io/component=agent"
+    ).items
+    for ds in agents:
         env = {e.name: e.value for e in ds.spec.template.spec.containers[0].env or []}
         assert env.get("DUALPATH_LOG_LEVEL") == "debug", ds.metadata.name
 

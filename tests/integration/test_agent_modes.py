@@ -4,6 +4,7 @@ controller process."""
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -175,3 +176,38 @@ def _check_reports(endpoint: str, tmp_path) -> None:  # type: ignore[no-untyped-
     finally:
         if agent is not None:
             agent.stop()
+
+
+def test_an_agent_with_no_engines_registers_no_placeholder(tmp_path):
+    """Under spec.engines a router registers the node's real engines: the agent must not add
+    a placeholder the controller could schedule on."""
+    with ControllerProcess(
+        metrics_port=-1, report_interval_ms=100, log_path=tmp_path / "controller.log"
+    ) as controller:
+        stub = tc_grpc.TrafficControllerStub(grpc.insecure_channel(controller.target))
+        with_placeholder = start_agent(
+            "plain-node", "prefill", tmp_path / "s1", tmp_path, ["--controller", controller.target]
+        )
+        quiet = start_agent(
+            "quiet-node",
+            "prefill",
+            tmp_path / "s2",
+            tmp_path,
+            ["--controller", controller.target, "--no-engines"],
+        )
+        try:
+
+            def nodes() -> set[str] | None:
+                status = stub.GetStatus(tc.StatusRequest(), timeout=5)
+                found = {e.engine.node for e in status.engines}
+                return found if "plain-node" in found else None
+
+            # The control: the same agent without the flag registers its placeholder.
+            assert "quiet-node" not in wait_for("the placeholder registered", nodes, 15)
+            # An absence: both agents started together and five report intervals have
+            # passed since the placeholder came, so a registration would be there by now.
+            time.sleep(0.5)
+            assert "quiet-node" not in (nodes() or set())
+        finally:
+            quiet.stop()
+            with_placeholder.stop()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import queue
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import pytest
 import yaml
 from dualpath.v1 import traffic_controller_pb2 as pb
 from dualpath_agent.blockhash import block_chain, root_hash
-from dualpath_agent.launch import AgentHandle, start_agent
+from dualpath_agent.launch import AgentHandle
 from dualpath_agent.layout import BlockLayout
 from dualpath_controller.client import ControllerClient
 from dualpath_controller.process import ControllerProcess
@@ -42,6 +41,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.support.agent_pair import prefill_and_decode_agents
 from tests.support.metrics import sample_value
 from tests.support.recording_engine import RecordingEngine
 from tests.support.wait import free_port, wait_for
@@ -260,32 +260,8 @@ def wait_serving(target: str, alive: Any = None) -> None:
 
 @pytest.fixture(scope="module")
 def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AgentHandle, AgentHandle]]:
-    work = tmp_path_factory.mktemp("picker-agents")
-    started: list[AgentHandle] = []
-    errors: list[BaseException] = []
-
-    def start(node: str, role: str) -> None:
-        try:
-            started.append(start_agent(node, role, work / node / "store", work / node))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [
-        threading.Thread(target=start, args=args)
-        for args in (("node-p", "prefill"), ("node-d", "decode"))
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    try:
-        if errors:
-            raise errors[0]
-        by_role = {a.role: a for a in started}
-        yield by_role["prefill"], by_role["decode"]
-    finally:
-        for agent in started:
-            agent.stop()
+    with prefill_and_decode_agents(tmp_path_factory.mktemp("picker-agents")) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")

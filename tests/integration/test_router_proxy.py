@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import httpx
 import pytest
 from dualpath.v1 import traffic_controller_pb2 as pb
 from dualpath_agent.blockhash import block_chain, root_hash
-from dualpath_agent.launch import AgentHandle, start_agent
+from dualpath_agent.launch import AgentHandle
 from dualpath_agent.layout import BlockLayout
 from dualpath_controller.client import ControllerClient
 from dualpath_controller.process import ControllerProcess
@@ -33,6 +32,7 @@ from dualpath_router.process import RouterProcess
 from dualpath_vllm.params import DualPathParams, Role
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.agent_pair import prefill_and_decode_agents
 from tests.support.certs import write_tls_secret
 from tests.support.metrics import sample_value
 from tests.support.recording_engine import RecordingEngine
@@ -154,32 +154,8 @@ def running_stack(
 def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AgentHandle, AgentHandle]]:
     """One real agent per node (the store is shared in production; here blocks are seeded
     into the prefill node's agent, which the router asks)."""
-    work = tmp_path_factory.mktemp("router-agents")
-    started: list[AgentHandle] = []
-    errors: list[BaseException] = []
-
-    def start(node: str, role: str) -> None:
-        try:
-            started.append(start_agent(node, role, work / node / "store", work / node))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [
-        threading.Thread(target=start, args=args)
-        for args in (("node-p", "prefill"), ("node-d", "decode"))
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    try:
-        if errors:
-            raise errors[0]
-        by_role = {a.role: a for a in started}
-        yield by_role["prefill"], by_role["decode"]
-    finally:
-        for agent in started:
-            agent.stop()
+    with prefill_and_decode_agents(tmp_path_factory.mktemp("router-agents")) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")

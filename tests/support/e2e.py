@@ -177,12 +177,24 @@ def kind_provider() -> Iterator[E2EEnv]:
             text=True,
         ).stdout
     )
+    from tests.support.localcluster import engines_wanted
+
     ref = f"docker.io/dualpath/dualpath:e2e-{_source_digest()}"
     subprocess.run(["docker", "build", "-t", ref, str(REPO)], check=True)
     subprocess.run(["kind", "load", "docker-image", ref, "--name", name], check=True)
+    engine_ref = None
+    if engines_wanted():  # the engine image's CPU target: vLLM's CPU build + the connector
+        engine_ref = f"docker.io/dualpath/engine:e2e-{_source_digest()}"
+        build = ["docker", "build", "-f", str(REPO / "Dockerfile.engine"), "--target", "cpu"]
+        subprocess.run([*build, "-t", engine_ref, str(REPO)], check=True)
+        subprocess.run(["kind", "load", "docker-image", engine_ref, "--name", name], check=True)
     try:
         yield E2EEnv(
-            provider="kind", kubeconfig=kubeconfig, image=ref, node_scratch="/var/tmp/dualpath-e2e"
+            provider="kind",
+            kubeconfig=kubeconfig,
+            image=ref,
+            node_scratch="/var/tmp/dualpath-e2e",
+            engine_image=engine_ref,
         )
     finally:
         if os.environ.get("DUALPATH_E2E_KIND_DELETE") == "1":
@@ -211,6 +223,8 @@ def existing_provider() -> Iterator[E2EEnv]:
         kubeconfig=Path(kubeconfig),
         image=image,
         node_scratch=os.environ.get("DUALPATH_E2E_NODE_SCRATCH", "/var/tmp/dualpath-e2e"),
+        # The engine steps need an engine image the nodes can pull (Dockerfile.engine).
+        engine_image=os.environ.get("DUALPATH_E2E_ENGINE_IMAGE") or None,
     )
 
 

@@ -213,7 +213,11 @@ def test_agents_get_a_host_port_and_stop_registering_placeholder_engines_with_sp
     assert "hostPort" not in grpc(plain)
     assert grpc(with_engines)["hostPort"] == grpc(with_engines)["containerPort"]
     assert plain["spec"]["template"]["spec"]["containers"][0]["args"].count("--engine") == 2
-    assert "--engine" not in with_engines["spec"]["template"]["spec"]["containers"][0]["args"]
+    engine_args = with_engines["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--engine" not in engine_args and "--no-engines" in engine_args
+    # What `dualpath agent` accepts: the operator's args parse with the agent's own parser.
+    parsed = build_parser(engine_args).parse_args(engine_args)
+    assert parsed.no_engines and parsed.engine == []
     host_net = daemonset.agent_daemonset(ctx(agent={"hostNetwork": True}), "prefill")
     assert "hostPort" not in grpc(host_net)  # the pod IP is the node's already
 

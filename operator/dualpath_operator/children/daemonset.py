@@ -55,9 +55,11 @@ def default_args(ctx: ClusterContext, role: str) -> list[str]:
         args += ["--snic-read-gbps", f"{spec.storage.read_bandwidth_cap_gbps:g}"]
     if spec.engines is None:
         # Engines wired by hand: the agent registers one per GPU and reports their load.
-        # With spec.engines the router registers the real engines instead.
         for gpu in range(pool.gpus_per_node):
             args += ["--engine", f"$(NODE_NAME)-gpu{gpu}"]
+    else:
+        # The router registers the real engines; a placeholder would be scheduled and fail.
+        args.append("--no-engines")
     return [*args, "--log-level", agent.log_level.upper()]
 
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 
 import yaml
+from dualpath_vllm.config import kv_transfer_config as connector_kv_transfer_config
 
 from dualpath_operator.children.common import ChildKind, ClusterContext
 from dualpath_operator.children.configmap import CONFIG_MAP
@@ -31,23 +32,16 @@ ENGINES_MOUNT_DIR = "/etc/dualpath-engines"
 
 
 def kv_transfer_config(ctx: ClusterContext) -> Obj:
-    """vLLM's --kv-transfer-config for every engine of the cluster (engines/dualpath_vllm
-    config.py reads kv_connector_extra_config)."""
+    """vLLM's --kv-transfer-config for every engine of the cluster, made by the connector's
+    own helper (engines/dualpath_vllm/config.py reads it back)."""
     assert ctx.spec.engines is not None
-    return {
-        "kv_connector": "DualPathConnector",
-        "kv_connector_module_path": "dualpath_vllm.connector",
-        "kv_role": "kv_both",
-        # A failed load is recomputed, never a failed request (the connector insists).
-        "kv_load_failure_policy": "recompute",
-        "kv_connector_extra_config": {
-            "agent_endpoint": f"${{{HOST_IP_VAR}}}:{ctx.spec.agent.grpc_port}",
-            "engine_id": f"${{{ENGINE_ID_VAR}}}",
-            "hash_namespace": ctx.served_model_name,
-            "load_mode": ctx.spec.engines.load_mode,
-            "tls_dir": MTLS_MOUNT_DIR,
-        },
-    }
+    return connector_kv_transfer_config(
+        f"${{{HOST_IP_VAR}}}:{ctx.spec.agent.grpc_port}",
+        f"${{{ENGINE_ID_VAR}}}",
+        tls_dir=MTLS_MOUNT_DIR,
+        hash_namespace=ctx.served_model_name,
+        load_mode=ctx.spec.engines.load_mode,
+    )
 
 
 def connector_env(ctx: ClusterContext) -> dict[str, str]:

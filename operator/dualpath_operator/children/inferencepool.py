@@ -10,11 +10,11 @@ NIC still serves DE_READ and SPLIT loads).
 
 from __future__ import annotations
 
-from dualpath_operator.children import pod, security
+from dualpath_operator.children import pod
 from dualpath_operator.children.common import ChildKind, ClusterContext, model_geometry
 from dualpath_operator.children.deployment import DEPLOYMENT
 from dualpath_operator.children.engines_config import ENGINES_FILE, engines_volume
-from dualpath_operator.children.env import pod_identity_env
+from dualpath_operator.children.router import front_door_deployment
 from dualpath_operator.children.service import SERVICE
 from dualpath_operator.constants import LABEL_CLUSTER, LABEL_ENGINE
 from dualpath_operator.discovery import Capabilities
@@ -22,7 +22,6 @@ from dualpath_operator.kube import Obj, ResourceType
 
 INFERENCE_POOL = ResourceType("inference.networking.k8s.io/v1", "InferencePool", "inferencepools")
 COMPONENT = "picker"
-PICKER_SCRATCH_SIZE = "64Mi"
 
 
 def wanted(ctx: ClusterContext) -> bool:
@@ -82,53 +81,31 @@ def picker_deployment(ctx: ClusterContext) -> Obj:
     engines = ctx.spec.engines
     assert engines is not None
     picker = engines.picker
-    engines_vol, engines_mount = engines_volume(ctx)
-    # The picker calls the controller and the agents as the router does: the router's
+    # The picker calls the controller and the agents as the router does, with the router's
     # identity (it looks up prefixes and schedules; it never moves KV).
-    mtls_vol, mtls_mount = pod.mtls_volume(ctx, "router")
-    scratch, scratch_mount = security.scratch_volume(PICKER_SCRATCH_SIZE)
     container: Obj = {
         "name": "picker",
         "image": engines.router.image or ctx.spec.image,
         "imagePullPolicy": engines.router.image_pull_policy,
-        "command": ["dualpath"],
         "args": default_args(ctx),
         "ports": [
             {"name": "grpc", "containerPort": picker.port, "protocol": "TCP"},
             {"name": "metrics", "containerPort": picker.metrics_port, "protocol": "TCP"},
         ],
-        "env": [*pod_identity_env(), {"name": "DUALPATH_CLUSTER", "value": ctx.name}],
-        "volumeMounts": [engines_mount, mtls_mount, scratch_mount],
-        "securityContext": security.controller_container_security_context(),
         "readinessProbe": pod.http_probe("/readyz", "metrics", period=5, failures=3),
         "livenessProbe": pod.http_probe("/healthz", "metrics", period=10, failures=6),
     }
     res = pod.resources(picker.resources)
     if res:
         container["resources"] = res
-    selector = ctx.selector_labels(COMPONENT)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": ctx.metadata(ctx.picker_name, COMPONENT),
-        "spec": {
-            "replicas": picker.replicas,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {
-                    "labels": ctx.labels(COMPONENT),
-                    "annotations": pod.metrics_annotations(ctx, picker.metrics_port),
-                },
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "securityContext": security.controller_pod_security_context(),
-                    "containers": [container],
-                    "volumes": [engines_vol, mtls_vol, scratch],
-                    "terminationGracePeriodSeconds": 30,
-                },
-            },
-        },
-    }
+    return front_door_deployment(
+        ctx,
+        name=ctx.picker_name,
+        component=COMPONENT,
+        replicas=picker.replicas,
+        container=container,
+        metrics_port=picker.metrics_port,
+    )
 
 
 def picker_service(ctx: ClusterContext) -> Obj:

@@ -15,7 +15,7 @@ from dualpath_operator.children.service import SERVICE
 from dualpath_operator.kube import Obj
 
 COMPONENT = "router"
-ROUTER_SCRATCH_SIZE = "64Mi"
+FRONT_DOOR_SCRATCH_SIZE = "64Mi"
 
 
 def default_args(ctx: ClusterContext) -> list[str]:
@@ -46,23 +46,67 @@ def default_args(ctx: ClusterContext) -> list[str]:
     ]
 
 
+def front_door_deployment(
+    ctx: ClusterContext,
+    *,
+    name: str,
+    component: str,
+    replicas: int,
+    container: Obj,
+    metrics_port: int,
+) -> Obj:
+    """A Deployment of the DualPath image that reads the engines file and calls the
+    controller and the agents as a router (the router itself, the endpoint picker): the
+    file, the router identity and a /tmp are mounted into `container`."""
+    engines_vol, engines_mount = engines_volume(ctx)
+    mtls_vol, mtls_mount = pod.mtls_volume(ctx, "router")
+    scratch, scratch_mount = security.scratch_volume(FRONT_DOOR_SCRATCH_SIZE)
+    container = {
+        **container,
+        "command": ["dualpath"],
+        "env": [*pod_identity_env(), {"name": "DUALPATH_CLUSTER", "value": ctx.name}],
+        "volumeMounts": [engines_mount, mtls_mount, scratch_mount],
+        "securityContext": security.controller_container_security_context(),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ctx.metadata(name, component),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": ctx.selector_labels(component)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {
+                    "labels": ctx.labels(component),
+                    "annotations": pod.metrics_annotations(ctx, metrics_port),
+                },
+                "spec": {
+                    # Front doors do not talk to the Kubernetes API: no token in the pod.
+                    "automountServiceAccountToken": False,
+                    "securityContext": security.controller_pod_security_context(),
+                    "containers": [container],
+                    "volumes": [engines_vol, mtls_vol, scratch],
+                    "terminationGracePeriodSeconds": 30,
+                },
+            },
+        },
+    }
+
+
 def router_deployment(ctx: ClusterContext) -> Obj:
     engines = ctx.spec.engines
     assert engines is not None
     router = engines.router
-    engines_vol, engines_mount = engines_volume(ctx)
-    mtls_vol, mtls_mount = pod.mtls_volume(ctx, "router")
-    scratch, scratch_mount = security.scratch_volume(ROUTER_SCRATCH_SIZE)
     container: Obj = {
         "name": "router",
         "image": router.image or ctx.spec.image,
         "imagePullPolicy": router.image_pull_policy,
-        "command": ["dualpath"],
         "args": default_args(ctx),
         "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"}],
-        "env": [*pod_identity_env(), {"name": "DUALPATH_CLUSTER", "value": ctx.name}],
-        "volumeMounts": [engines_mount, mtls_mount, scratch_mount],
-        "securityContext": security.controller_container_security_context(),
         # /healthz: the controller answers and a prefill and a decode engine are known.
         "readinessProbe": pod.http_probe("/healthz", "http", period=5, failures=3),
         "livenessProbe": {
@@ -74,33 +118,14 @@ def router_deployment(ctx: ClusterContext) -> Obj:
     res = pod.resources(router.resources)
     if res:
         container["resources"] = res
-    selector = ctx.selector_labels(COMPONENT)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": ctx.metadata(ctx.router_name, COMPONENT),
-        "spec": {
-            "replicas": router.replicas,
-            "selector": {"matchLabels": selector},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-            },
-            "template": {
-                "metadata": {
-                    "labels": ctx.labels(COMPONENT),
-                    "annotations": pod.metrics_annotations(ctx, router.port),
-                },
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "securityContext": security.controller_pod_security_context(),
-                    "containers": [container],
-                    "volumes": [engines_vol, mtls_vol, scratch],
-                    "terminationGracePeriodSeconds": 30,
-                },
-            },
-        },
-    }
+    return front_door_deployment(
+        ctx,
+        name=ctx.router_name,
+        component=COMPONENT,
+        replicas=router.replicas,
+        container=container,
+        metrics_port=router.port,
+    )
 
 
 def router_service(ctx: ClusterContext) -> Obj:

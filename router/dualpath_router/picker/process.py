@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dualpath_common.child import ReadyFileProcess, cli_command, security_args
+from dualpath_common.child import ReadyFileProcess
+
+from dualpath_router.process import front_door_args
 
 
 class PickerProcess(ReadyFileProcess):
@@ -32,27 +34,18 @@ class PickerProcess(ReadyFileProcess):
     ) -> None:
         """`engines`: `--engine` specs; `engines_file`: a watched --engines-file."""
         super().__init__([], log_path)
-        self.args = cli_command(
+        self.args = front_door_args(
             "picker",
-            "--listen",
-            listen,
-            "--controller",
-            controller,
-            "--block-tokens",
-            str(block_tokens),
-            "--hash-namespace",
-            hash_namespace,
-            "--metrics-port",
-            "0",
-            "--ready-file",
-            str(self.ready_file),
-            "--json-logs",
+            controller=controller,
+            hash_namespace=hash_namespace,
+            listen=listen,
+            block_tokens=block_tokens,
+            ready_file=self.ready_file,
+            engines=engines,
+            engines_file=engines_file,
+            tls_dir=tls_dir,
+            extra_args=["--metrics-port", "0", *extra_args],
         )
-        for spec in engines:
-            self.args += ["--engine", spec]
-        if engines_file is not None:
-            self.args += ["--engines-file", str(engines_file)]
-        self.args += [*security_args(tls_dir, extra_args), *extra_args]
         self.port = 0
         self.metrics_port = 0
 
