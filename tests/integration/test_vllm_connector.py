@@ -219,6 +219,27 @@ def test_prefill_hands_what_decode_lacks_to_the_decode_agent_and_decode_matches(
     assert reads(rig.decode_agent) == de_reads
 
 
+def test_a_whole_request_loads_by_de_read_and_stores_what_it_computed(rig):
+    """The endpoint picker's destination: the prefill engine prefills and decodes the whole
+    request. Its prefix comes over the decode node's path, its tokens are recompute's, and
+    what it computed is stored for the next turn."""
+    base = prompt(seed=51, n=6 * BLOCK)
+    ask(rig.decode, base)  # the shared prefix, as a previous turn left it
+    turn2 = base + prompt(seed=52, n=2 * BLOCK + 7)
+    params = DualPathParams(
+        request_id="whole-1",
+        role=Role.WHOLE,
+        read_path=ReadPathName.DE_READ,
+        decode_agent_endpoint=rig.decode_agent.endpoint,
+    )
+    pe_before, de_before = reads(rig.prefill_agent), reads(rig.decode_agent)
+    got = ask(rig.prefill, turn2, params)
+    assert_same(got, ask(rig.reference, turn2))
+    assert reads(rig.decode_agent) > de_before  # the decode node's storage NIC served it
+    assert reads(rig.prefill_agent) == pe_before
+    assert stored(rig.prefill_agent, rig.chain(turn2)) == 8  # 6 loaded + 2 computed, stored
+
+
 def test_a_wrong_block_is_caught_by_the_equality_check(rig):
     """Negative control: blocks that pass every checksum but hold another prompt's KV must
     change the answer, or the equality checks above prove nothing."""
