@@ -14,7 +14,7 @@ from dualpath_operator.children import pod
 from dualpath_operator.children.common import ChildKind, ClusterContext, model_geometry
 from dualpath_operator.children.deployment import DEPLOYMENT
 from dualpath_operator.children.engines_config import ENGINES_FILE, engines_volume
-from dualpath_operator.children.router import front_door_deployment
+from dualpath_operator.children.router import front_door_deployment, front_door_service
 from dualpath_operator.children.service import SERVICE
 from dualpath_operator.constants import LABEL_CLUSTER, LABEL_ENGINE
 from dualpath_operator.discovery import Capabilities
@@ -95,9 +95,6 @@ def picker_deployment(ctx: ClusterContext) -> Obj:
         "readinessProbe": pod.http_probe("/readyz", "metrics", period=5, failures=3),
         "livenessProbe": pod.http_probe("/healthz", "metrics", period=10, failures=6),
     }
-    res = pod.resources(picker.resources)
-    if res:
-        container["resources"] = res
     return front_door_deployment(
         ctx,
         name=ctx.picker_name,
@@ -105,31 +102,16 @@ def picker_deployment(ctx: ClusterContext) -> Obj:
         replicas=picker.replicas,
         container=container,
         metrics_port=picker.metrics_port,
+        resources=picker.resources,
     )
 
 
 def picker_service(ctx: ClusterContext) -> Obj:
     engines = ctx.spec.engines
     assert engines is not None
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": ctx.metadata(ctx.picker_name, COMPONENT),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": ctx.selector_labels(COMPONENT),
-            "ports": [
-                {
-                    "name": "grpc",
-                    "port": engines.picker.port,
-                    "targetPort": "grpc",
-                    "protocol": "TCP",
-                    # ext_proc is gRPC: HTTP/2 without TLS.
-                    "appProtocol": "kubernetes.io/h2c",
-                }
-            ],
-        },
-    }
+    # ext_proc is gRPC: HTTP/2 without TLS.
+    port = {"name": "grpc", "port": engines.picker.port, "appProtocol": "kubernetes.io/h2c"}
+    return front_door_service(ctx, name=ctx.picker_name, component=COMPONENT, port=port)
 
 
 def pool_resource(caps: Capabilities) -> ResourceType | None:

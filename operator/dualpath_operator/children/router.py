@@ -6,6 +6,7 @@ controller, reports their load, and serves OpenAI requests by the controller's c
 
 from __future__ import annotations
 
+from dualpath_operator.api import ResourceRequirements
 from dualpath_operator.children import pod, security
 from dualpath_operator.children.common import ChildKind, ClusterContext, model_geometry
 from dualpath_operator.children.deployment import DEPLOYMENT
@@ -54,6 +55,7 @@ def front_door_deployment(
     replicas: int,
     container: Obj,
     metrics_port: int,
+    resources: ResourceRequirements,
 ) -> Obj:
     """A Deployment of the DualPath image that reads the engines file and calls the
     controller and the agents as a router (the router itself, the endpoint picker): the
@@ -68,6 +70,9 @@ def front_door_deployment(
         "volumeMounts": [engines_mount, mtls_mount, scratch_mount],
         "securityContext": security.controller_container_security_context(),
     }
+    res = pod.resources(resources)
+    if res:
+        container["resources"] = res
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -115,9 +120,6 @@ def router_deployment(ctx: ClusterContext) -> Obj:
             "failureThreshold": 6,
         },
     }
-    res = pod.resources(router.resources)
-    if res:
-        container["resources"] = res
     return front_door_deployment(
         ctx,
         name=ctx.router_name,
@@ -125,25 +127,36 @@ def router_deployment(ctx: ClusterContext) -> Obj:
         replicas=router.replicas,
         container=container,
         metrics_port=router.port,
+        resources=router.resources,
     )
+
+
+def front_door_service(
+    ctx: ClusterContext, *, name: str, component: str, port: Obj, service_type: str = "ClusterIP"
+) -> Obj:
+    """The Service in front of a front-door Deployment: one named port."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ctx.metadata(name, component),
+        "spec": {
+            "type": service_type,
+            "selector": ctx.selector_labels(component),
+            "ports": [{**port, "targetPort": port["name"], "protocol": "TCP"}],
+        },
+    }
 
 
 def router_service(ctx: ClusterContext) -> Obj:
     engines = ctx.spec.engines
     assert engines is not None
-    router = engines.router
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": ctx.metadata(ctx.router_name, COMPONENT),
-        "spec": {
-            "type": router.service_type,
-            "selector": ctx.selector_labels(COMPONENT),
-            "ports": [
-                {"name": "http", "port": router.port, "targetPort": "http", "protocol": "TCP"}
-            ],
-        },
-    }
+    return front_door_service(
+        ctx,
+        name=ctx.router_name,
+        component=COMPONENT,
+        port={"name": "http", "port": engines.router.port},
+        service_type=engines.router.service_type,
+    )
 
 
 def build_deployment(ctx: ClusterContext) -> list[Obj]:
