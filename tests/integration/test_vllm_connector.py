@@ -223,9 +223,9 @@ def test_a_whole_request_loads_by_de_read_and_stores_what_it_computed(rig):
     """The endpoint picker's destination: the prefill engine prefills and decodes the whole
     request. Its prefix comes over the decode node's path, its tokens are recompute's, and
     what it computed is stored for the next turn."""
-    base = prompt(seed=51, n=6 * BLOCK)
+    base = prompt(seed=111, n=6 * BLOCK)
     ask(rig.decode, base)  # the shared prefix, as a previous turn left it
-    turn2 = base + prompt(seed=52, n=2 * BLOCK + 7)
+    turn2 = base + prompt(seed=112, n=2 * BLOCK + 7)
     params = DualPathParams(
         request_id="whole-1",
         role=Role.WHOLE,
