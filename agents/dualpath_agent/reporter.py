@@ -68,8 +68,14 @@ class LoadReporter:
         self._peers_reported: dict[str, float] = {}
 
     def start(self) -> None:
-        if self.engine_ids:  # else nothing to register or report: peer failures only
+        if self.engine_ids:
             self._thread.start()
+            return
+        log.info(
+            "no engines to register: this node's engines are registered by a router; the"
+            " controller link reports failed peers only",
+            extra={"controller": self.controller},
+        )
 
     def peer_failed(self, agent_endpoint: str, reason: str) -> None:
         """A peer agent failed under one of this agent's loads: tell the controller, so it

@@ -35,6 +35,9 @@ class EnginePod:
     port: int
     node: str
     host_ip: str
+    # Why the pod cannot be served although it may run (a bad port annotation): such a pod
+    # stays out of the router's file and is named in the EnginesReady condition.
+    problem: str = ""
 
     @property
     def url(self) -> str:
@@ -59,15 +62,20 @@ def engine_cluster(pod: Obj) -> tuple[str, str] | None:
     return str(meta.get("namespace", "")), str(cluster)
 
 
-def _http_port(pod: Obj, default_port: int) -> int:
+def _http_port(pod: Obj, default_port: int) -> tuple[int, str]:
+    """(the engine's HTTP port, a problem with it): the annotation, else the container port
+    named http, else the cluster's spec.engines.port."""
     annotation = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_ENGINE_PORT)
-    if annotation and str(annotation).isdigit():
-        return int(annotation)
+    if annotation is not None:
+        text = str(annotation)
+        if text.isdigit() and 0 < int(text) < 65536:
+            return int(text), ""
+        return 0, f"annotation {ANNOTATION_ENGINE_PORT}={text!r} is not a port number"
     for container in (pod.get("spec") or {}).get("containers") or []:
         for port in container.get("ports") or []:
             if port.get("name") == HTTP_PORT_NAME and port.get("containerPort"):
-                return int(port["containerPort"])
-    return default_port
+                return int(port["containerPort"]), ""
+    return default_port, ""
 
 
 def _ready(pod: Obj) -> bool:
@@ -86,15 +94,18 @@ def observe_engine_pod(pod: Obj, default_port: int) -> EnginePod | None:
         return None
     meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
     labels = meta.get("labels") or {}
+    port, problem = _http_port(pod, default_port)
+    running = _ready(pod) and bool(status.get("podIP")) and bool(status.get("hostIP"))
     return EnginePod(
         name=str(meta.get("name", "")),
         role=str(labels[LABEL_ENGINE]),
         managed=labels.get(LABEL_MANAGED_BY) == MANAGED_BY_VALUE,
-        ready=_ready(pod) and bool(status.get("podIP")) and bool(status.get("hostIP")),
+        ready=running and not problem,
         pod_ip=str(status.get("podIP", "")),
-        port=_http_port(pod, default_port),
+        port=port,
         node=str(spec.get("nodeName", "")),
         host_ip=str(status.get("hostIP", "")),
+        problem=problem,
     )
 
 

@@ -333,6 +333,14 @@ def engines_condition(obs: Observation) -> Condition:
                 f"spec.nodes.{role}, or label your own engine pods dualpath.io/cluster=<this "
                 f"cluster> and dualpath.io/engine={role}",
             )
+    misconfigured = [f"pod {p.name}: {p.problem}" for p in engines.pods if p.problem]
+    if misconfigured:
+        return _cond(
+            "EnginesReady",
+            False,
+            "EnginePodMisconfigured",
+            f"{summary}; not served: " + "; ".join(misconfigured),
+        )
     if any(st.ready < st.desired for st in roles.values()):
         return _cond("EnginesReady", False, "EnginesNotReady", summary)
     r = engines.router

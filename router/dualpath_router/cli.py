@@ -145,9 +145,10 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
     )
 
 
-def _configure_logging(json_logs: bool, level: str | None) -> None:
+def configure_front_door_logging(component: str, json_logs: bool, level: str | None) -> None:
+    """Logging of `dualpath router` and `dualpath picker` (`component` names the logs)."""
     if json_logs:
-        configure_logging("router", level)
+        configure_logging(component, level)
     else:
         logging.basicConfig(
             level=(level or os.environ.get("DUALPATH_LOG_LEVEL", "INFO")).upper(),
@@ -179,7 +180,7 @@ async def serve(config: RouterConfig, sock: socket.socket, ready_file: Path | No
 
 
 def run(args: argparse.Namespace) -> int:
-    _configure_logging(args.json_logs, args.log_level)
+    configure_front_door_logging("router", args.json_logs, args.log_level)
     try:
         config = config_from_args(args)
     except ConfigError as exc:

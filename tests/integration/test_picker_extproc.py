@@ -202,6 +202,16 @@ def immediate_status(response: ext.ProcessingResponse) -> tuple[int, dict[str, A
     return int(answer.status.code), json.loads(answer.body)
 
 
+def refused(target: str, raw: bytes) -> tuple[EnvoySide, int, dict[str, Any]]:
+    """Headers then a body the picker must refuse: the stream, the status and the error."""
+    side = EnvoySide(target)
+    side.send(request_headers())
+    side.recv()
+    side.send(request_body(raw))
+    status, body = immediate_status(side.recv())
+    return side, status, body
+
+
 def health(target: str, service: str) -> int:
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -456,11 +466,7 @@ def test_a_subset_with_no_prefill_engine_is_a_503(stack, subset):
     ids=["not-json", "no-messages", "kv-transfer-params"],
 )
 def test_a_malformed_body_is_a_400_naming_the_problem(stack, raw, words):
-    side = EnvoySide(stack.picker.target)
-    side.send(request_headers())
-    side.recv()
-    side.send(request_body(raw))
-    status, body = immediate_status(side.recv())
+    side, status, body = refused(stack.picker.target, raw)
     assert status == 400
     assert words in body["error"]["message"]
     assert side.ended()
@@ -485,6 +491,8 @@ def test_a_stream_that_ends_before_the_response_cancels_the_request(stack):
     assert stack.status().in_flight_requests == 1
     side.cancel()
     stack.wait_released("cancelled", cancelled)
+    labels = {"kind": "cancel", "reason": "stream_ended_before_response"}
+    assert stack.picker_metric("dualpath_picker_releases_total", labels) >= 1
 
 
 def test_an_engine_5xx_answer_cancels_the_request(stack):
@@ -494,6 +502,8 @@ def test_an_engine_5xx_answer_cancels_the_request(stack):
     answer(side, status=503)
     side.close()
     stack.wait_released("cancelled", cancelled)
+    labels = {"kind": "cancel", "reason": "engine_error"}
+    assert stack.picker_metric("dualpath_picker_releases_total", labels) >= 1
 
 
 def test_a_request_without_a_body_goes_to_a_ready_engine_unbooked(stack):
@@ -527,11 +537,7 @@ def test_no_prefill_engine_is_a_503_and_not_serving(stack, tmp_path):
         hash_namespace=NAMESPACE,
         extra_args=PICKER_ARGS,
     ) as picker:
-        side = EnvoySide(picker.target)
-        side.send(request_headers())
-        side.recv()
-        side.send(request_body(json.dumps(CHAT).encode()))
-        status, body = immediate_status(side.recv())
+        _, status, body = refused(picker.target, json.dumps(CHAT).encode())
         assert status == 503
         assert "no prefill engine" in body["error"]["message"]
         assert health(picker.target, "liveness") == health_pb2.HealthCheckResponse.SERVING
@@ -559,11 +565,7 @@ def test_an_unreachable_controller_is_a_503(stack, tmp_path):
             lambda: "no prefill engine is up" not in httpx.get(f"{picker.metrics_url}/readyz").text,
             20,
         )
-        side = EnvoySide(picker.target)
-        side.send(request_headers())
-        side.recv()
-        side.send(request_body(json.dumps(CHAT).encode()))
-        status, body = immediate_status(side.recv())
+        _, status, body = refused(picker.target, json.dumps(CHAT).encode())
         assert status == 503
         assert "traffic controller" in body["error"]["message"]
         assert health(picker.target, "readiness") == health_pb2.HealthCheckResponse.NOT_SERVING

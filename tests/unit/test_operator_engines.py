@@ -376,6 +376,16 @@ def test_an_attached_pod_is_read_like_a_managed_one():
     )
     annotated = pod_obj(metadata={"annotations": {"dualpath.io/engine-port": "9000"}})
     assert observe_engine_pod(annotated, 8000).port == 9000  # type: ignore[union-attr]
+    # A bad annotation is not guessed around: the pod is not served, and status says why.
+    bad = observe_engine_pod(
+        pod_obj(metadata={"annotations": {"dualpath.io/engine-port": "http"}}), 8000
+    )
+    assert bad is not None and not bad.ready and "dualpath.io/engine-port" in bad.problem
+    state = EnginesState(
+        prefill=ONE, router=ONE, pods=(engine_pod("p", "prefill"), bad), decode=Rollout()
+    )
+    cond = engines_condition(ready_obs(state))
+    assert cond.reason == "EnginePodMisconfigured" and "mine-0" in cond.message
     assert not observe_engine_pod(pod_obj(ready=False), 8000).ready  # type: ignore[union-attr]
     deleting = pod_obj(metadata={"deletionTimestamp": "2026-01-01T00:00:00Z"})
     assert not observe_engine_pod(deleting, 8000).ready  # type: ignore[union-attr]

@@ -328,7 +328,8 @@ async def test_a_controller_choice_outside_the_candidates_is_cancelled(chosen):
     await settle()
     assert len(session.cancelled) == 1
     text = generate_latest(d.runtime.metrics.registry).decode()
-    assert sample_value(text, "dualpath_picker_releases_total", {"kind": "cancel"}) == 1
+    labels = {"kind": "cancel", "reason": "controller_choice"}
+    assert sample_value(text, "dualpath_picker_releases_total", labels) == 1
 
 
 async def test_a_stream_cancelled_during_schedule_cancels_the_maybe_booked_request():

@@ -11,10 +11,13 @@ NIC still serves DE_READ and SPLIT loads).
 from __future__ import annotations
 
 from dualpath_operator.children import pod
-from dualpath_operator.children.common import ChildKind, ClusterContext, model_geometry
+from dualpath_operator.children.common import ChildKind, ClusterContext
 from dualpath_operator.children.deployment import DEPLOYMENT
-from dualpath_operator.children.engines_config import ENGINES_FILE, engines_volume
-from dualpath_operator.children.router import front_door_deployment, front_door_service
+from dualpath_operator.children.router import (
+    front_door_args,
+    front_door_deployment,
+    front_door_service,
+)
 from dualpath_operator.children.service import SERVICE
 from dualpath_operator.constants import LABEL_CLUSTER, LABEL_ENGINE
 from dualpath_operator.discovery import Capabilities
@@ -53,27 +56,12 @@ def inference_pool(ctx: ClusterContext) -> Obj:
 def default_args(ctx: ClusterContext) -> list[str]:
     engines = ctx.spec.engines
     assert engines is not None
-    _, engines_mount = engines_volume(ctx)
-    _, layers, bytes_per_token_layer = model_geometry(ctx.spec)
+    picker = engines.picker
     return [
-        "picker",
-        "--listen",
-        f"0.0.0.0:{engines.picker.port}",
+        *front_door_args(ctx, "picker", picker.port),
         "--metrics-port",
-        str(engines.picker.metrics_port),
-        "--controller",
-        ctx.controller_address,
-        *pod.mtls_args(),
-        "--engines-file",
-        f"{engines_mount['mountPath']}/{ENGINES_FILE}",
-        "--block-tokens",
-        str(ctx.spec.storage.block_tokens),
-        "--hash-namespace",
-        ctx.served_model_name,
-        "--kv-bytes-per-token",
-        str(layers * bytes_per_token_layer),
-        "--json-logs",
-        *engines.picker.extra_args,
+        str(picker.metrics_port),
+        *picker.extra_args,
     ]
 
 

@@ -19,16 +19,14 @@ COMPONENT = "router"
 FRONT_DOOR_SCRATCH_SIZE = "64Mi"
 
 
-def default_args(ctx: ClusterContext) -> list[str]:
-    engines = ctx.spec.engines
-    assert engines is not None
-    router = engines.router
+def front_door_args(ctx: ClusterContext, command: str, port: int) -> list[str]:
+    """`dualpath router|picker ...`: they share their flags (router/dualpath_router/cli.py)."""
     _, engines_mount = engines_volume(ctx)
     _, layers, bytes_per_token_layer = model_geometry(ctx.spec)
     return [
-        "router",
+        command,
         "--listen",
-        f"0.0.0.0:{router.port}",
+        f"0.0.0.0:{port}",
         "--controller",
         ctx.controller_address,
         *pod.mtls_args(),
@@ -41,6 +39,15 @@ def default_args(ctx: ClusterContext) -> list[str]:
         "--kv-bytes-per-token",
         str(layers * bytes_per_token_layer),
         "--json-logs",
+    ]
+
+
+def default_args(ctx: ClusterContext) -> list[str]:
+    engines = ctx.spec.engines
+    assert engines is not None
+    router = engines.router
+    return [
+        *front_door_args(ctx, "router", router.port),
         "--log-level",
         router.log_level.upper(),
         *router.extra_args,

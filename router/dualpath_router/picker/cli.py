@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import sys
 from pathlib import Path
 
 from dualpath_common import tls
-from dualpath_common.logs import configure_logging
 
 from dualpath_router import cli as router_cli
 from dualpath_router.config import ConfigError
@@ -52,19 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _configure_logging(json_logs: bool, level: str | None) -> None:
-    if json_logs:
-        configure_logging("picker", level)
-    else:
-        logging.basicConfig(
-            level=(level or os.environ.get("DUALPATH_LOG_LEVEL", "INFO")).upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
 def run(args: argparse.Namespace) -> int:
-    _configure_logging(args.json_logs, args.log_level)
+    router_cli.configure_front_door_logging("picker", args.json_logs, args.log_level)
     try:
         config = router_cli.config_from_args(args)
     except ConfigError as exc:

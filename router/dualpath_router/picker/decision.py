@@ -159,19 +159,24 @@ class Decider:
                 tuple(up) if restricted else (),
             )
         except asyncio.CancelledError:  # the stream ended mid-Schedule: it may be booked
-            self._release_at_controller(request_id, "stream ended during the decision")
+            self._release_at_controller(
+                request_id, outcomes.STREAM_ENDED, "stream ended during the decision"
+            )
             raise
         state = self.runtime.pool.get(route.prefill_engine_id)
         problem = ""
         if state is None:
-            problem = f"the controller chose prefill engine {route.prefill_engine_id!r}, which this picker does not front"
+            problem = (
+                f"the controller chose prefill engine {route.prefill_engine_id!r}, which this picker"
+                " does not front"
+            )
         elif restricted and route.prefill_engine_id not in up:
             problem = (
                 f"the controller chose prefill engine {route.prefill_engine_id!r} outside the"
                 " subset (a controller without prefill_candidates?)"
             )
         if state is None or problem:
-            self._release_at_controller(request_id, problem)
+            self._release_at_controller(request_id, outcomes.CONTROLLER_CHOICE, problem)
             raise PickError(503, problem, outcomes.UNAVAILABLE)
         spec = state.spec
         self.runtime.pool.add_routed(spec.id, len(tokens))
@@ -210,7 +215,9 @@ class Decider:
             code = exc.code()
             self.runtime.metrics.controller_errors.labels("schedule", code.name).inc()
             if code not in NOT_BOOKED:  # it may have been booked before the answer was lost
-                self._release_at_controller(request_id, f"schedule failed: {code.name}")
+                self._release_at_controller(
+                    request_id, outcomes.SCHEDULE_FAILED, f"schedule failed: {code.name}"
+                )
             details = exc.details()
             if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise PickError(
@@ -228,7 +235,7 @@ class Decider:
         try:
             return Route.from_assignment(reply.assignment)
         except ValueError as exc:
-            self._release_at_controller(request_id, str(exc))
+            self._release_at_controller(request_id, outcomes.BAD_ASSIGNMENT, str(exc))
             raise PickError(503, f"traffic controller: {exc}", outcomes.UNAVAILABLE) from None
 
     # ----- release -----------------------------------------------------------------------
@@ -237,16 +244,18 @@ class Decider:
         future = self.runtime.session.prefill_done_nowait(pick.request_id)
         future.add_done_callback(_log_failure)
 
-    def release(self, pick: Pick, cancel_reason: str = "") -> None:
-        """Complete (no reason) or Cancel a pick at the controller, once, in a task of its
-        own (it runs even when the stream handler is being cancelled)."""
+    def release(self, pick: Pick, reason: str = outcomes.ANSWERED, detail: str = "") -> None:
+        """Complete (reason ANSWERED) or Cancel a pick at the controller, once, in a task of
+        its own (it runs even when the stream handler is being cancelled)."""
         self.runtime.pool.add_routed(pick.engine.id, -pick.prompt_tokens, -1)
         self.metrics.in_flight.dec()
-        self._release_at_controller(pick.request_id, cancel_reason)
+        self._release_at_controller(pick.request_id, reason, detail)
 
-    def _release_at_controller(self, request_id: str, cancel_reason: str) -> None:
+    def _release_at_controller(self, request_id: str, reason: str, detail: str = "") -> None:
+        """`reason`: one of the bounded labels in metrics.py; `detail`: for the logs."""
+        cancel_reason = "" if reason == outcomes.ANSWERED else (detail or reason)
         kind = outcomes.CANCEL if cancel_reason else outcomes.COMPLETE
-        self.metrics.releases.labels(kind, _reason_label(cancel_reason)).inc()
+        self.metrics.releases.labels(kind, reason).inc()
         task = asyncio.get_running_loop().create_task(self._release(request_id, cancel_reason))
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
@@ -269,21 +278,6 @@ class Decider:
     async def drain(self, timeout_s: float = 10.0) -> None:
         if self._releases:
             await asyncio.wait(set(self._releases), timeout=timeout_s)
-
-
-def _reason_label(reason: str) -> str:
-    """A bounded label for a release reason (the full reason goes to the logs)."""
-    if not reason:
-        return "answered"
-    for prefix, label in (
-        ("schedule failed", "schedule_failed"),
-        ("stream ended", "stream_ended_before_response"),
-        ("engine answered", "engine_error"),
-        ("the controller chose", "controller_choice"),
-    ):
-        if reason.startswith(prefix):
-            return label
-    return "other"
 
 
 def _log_failure(future: asyncio.Future[object]) -> None:

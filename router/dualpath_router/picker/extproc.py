@@ -114,7 +114,7 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):
         if kind == "response_body":
             return self._response_body(state, message.response_body)
         if kind == "response_trailers":
-            self._release(state, "")
+            self._release(state, outcomes.ANSWERED)
             return [protocol.continue_trailers(request_side=False)]
         return []
 
@@ -211,12 +211,12 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):
             if state.response_status < 400:
                 self.decider.prefill_done(pick)
         if headers.end_of_stream:
-            self._release(state, "")
+            self._release(state, outcomes.ANSWERED)
         return [protocol.continue_response_headers()]
 
     def _response_body(self, state: StreamState, chunk: ext.HttpBody) -> Responses:
         if chunk.end_of_stream or chunk.end_of_stream_without_message:
-            self._release(state, "")
+            self._release(state, outcomes.ANSWERED)
         return [protocol.continue_response_body(chunk, state.full_duplex_response)]
 
     # ----- endings -----------------------------------------------------------------------
@@ -225,22 +225,25 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):
         self._count(state, error.outcome, error.message, error.status)
         return [protocol.immediate(error.status, error.body())]
 
-    def _release(self, state: StreamState, cancel_reason: str) -> None:
+    def _release(self, state: StreamState, reason: str) -> None:
+        """Once per stream; `reason` is ANSWERED or why the request is cancelled."""
         pick = state.pick
         if pick is None or state.released:
             return
         state.released = True
-        if not cancel_reason and state.response_status >= 500:
-            cancel_reason = f"engine answered HTTP {state.response_status}"
-        self.decider.release(pick, cancel_reason)
+        detail = ""
+        if reason == outcomes.ANSWERED and state.response_status >= 500:
+            reason, detail = outcomes.ENGINE_ERROR, f"engine answered HTTP {state.response_status}"
+        self.decider.release(pick, reason, detail)
         log.info(
             "request released",
             extra={
                 "request_id": pick.request_id,
                 "stream": state.stream_id,
                 "engine": pick.engine.id,
-                "released_as": "cancel" if cancel_reason else "complete",
-                "reason": cancel_reason,
+                "released_as": "complete" if reason == outcomes.ANSWERED else "cancel",
+                "reason": reason,
+                "detail": detail,
                 "status": state.response_status,
                 "latency_s": round(time.monotonic() - state.opened, 6),
             },
@@ -248,9 +251,9 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):
 
     def _stream_ended(self, state: StreamState) -> None:
         if state.response_started:
-            self._release(state, "")  # no response body was sent to the picker
+            self._release(state, outcomes.ANSWERED)  # no response body was sent to the picker
         else:
-            self._release(state, "stream ended before the response started")
+            self._release(state, outcomes.STREAM_ENDED)
 
     def _count(
         self, state: StreamState, outcome: str, problem: str = "", status: int = 200

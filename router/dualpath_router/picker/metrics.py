@@ -16,9 +16,17 @@ NO_ENDPOINT = "no_endpoint"  # 503: no prefill engine, or none in the subset
 UNAVAILABLE = "unavailable"  # 503: controller or tokenizer unreachable
 ERROR = "error"  # 500: a bug
 
-# How a scheduled request was released at the controller.
+# How a scheduled request was released at the controller (the `kind` label)...
 COMPLETE = "complete"
 CANCEL = "cancel"
+# ...and why (the `reason` label; the details go to the logs). ANSWERED is a Complete,
+# every other reason a Cancel.
+ANSWERED = "answered"
+SCHEDULE_FAILED = "schedule_failed"
+STREAM_ENDED = "stream_ended_before_response"
+ENGINE_ERROR = "engine_error"
+CONTROLLER_CHOICE = "controller_choice"
+BAD_ASSIGNMENT = "bad_assignment"
 
 
 class PickerMetrics:
